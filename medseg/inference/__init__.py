@@ -1,0 +1,1 @@
+"""Preprocessing (and its inverse), tiling plans, the sliding-window engine and the file pipeline."""

@@ -1,0 +1,279 @@
+"""Scan in, labels out: the pipeline behind ``medseg infer`` (and, per case, the batch runner).
+
+:class:`Segmenter` loads a model once and segments many volumes; :func:`infer_file` reads a file,
+segments it and writes the label NIfTI, its JSON sidecar and optional statistics and preview.
+
+Example:
+    >>> seg = Segmenter("phantom-unet3d", device="cpu")  # doctest: +SKIP
+    >>> result = seg.segment(read_volume("scan.nii.gz"))  # doctest: +SKIP
+    >>> result.labels.shape == result.image.shape  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from medseg import __version__
+from medseg.errors import InputError, MedsegError
+from medseg.inference.plan import Plan, default_plan, resolve_device
+from medseg.io.atomic import TMP_MARKER, write_text_atomic
+from medseg.io.validate import channels_of
+from medseg.models.spec import ModelSpec
+from medseg.progress import NULL_PROGRESS, Progress
+from medseg.volume import Volume
+
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Segmentation:
+    image: Volume
+    labels: np.ndarray
+    plan: Plan
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Segmenter:
+    """A model loaded once, ready to segment volumes.
+
+    Args:
+        model: a model name from ``configs/models``, a ModelSpec YAML path, or a ModelSpec.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    """
+
+    def __init__(self, model: str | Path | ModelSpec | None = None, device: str = "auto") -> None:
+        from medseg.models.checkpoints import load_network
+        from medseg.models.registry import resolve_spec
+
+        self.spec = resolve_spec(model)
+        self.device = resolve_device(device)
+        t0 = time.perf_counter()
+        self.network, self.weights_sha256 = load_network(self.spec, self.device)
+        self.load_seconds = time.perf_counter() - t0
+
+    def check_input(self, volume: Volume) -> None:
+        """Refuse a volume whose channel count the network cannot take."""
+        have, want = channels_of(volume), self.spec.network.in_channels
+        if have == want:
+            return
+        if have > 1 and want == 1:
+            raise InputError(
+                f"is a 4D image with {have} volumes; model '{self.spec.name}' segments a single 3D volume "
+                "(extract one volume first)",
+                volume.source,
+            )
+        raise InputError(
+            f"has {have} channel(s) but model '{self.spec.name}' expects in_channels={want}", volume.source
+        )
+
+    def plan_for(self, volume: Volume, overlap: float | None = None) -> Plan:
+        return default_plan(self.spec, self.device, overlap)
+
+    def segment(self, volume: Volume, plan: Plan | None = None, progress: Progress = NULL_PROGRESS) -> Segmentation:
+        """Labels on ``volume``'s own grid (same shape, voxel for voxel)."""
+        from medseg.inference.engine import run_windows
+        from medseg.inference.preprocess import logits_to_source_labels, preprocess_image
+
+        self.check_input(volume)
+        plan = plan or self.plan_for(volume)
+        timings = {}
+        t = time.perf_counter()
+        progress.stage("preprocess")
+        image, record = preprocess_image(volume, self.spec)
+        timings["preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress.stage("inference")
+        logits = run_windows(self.network, image, plan, self.spec.network.spatial_dims, progress.update)
+        timings["inference"] = time.perf_counter() - t
+        t = time.perf_counter()
+        progress.stage("to source grid")
+        labels = logits_to_source_labels(logits, record)
+        timings["invert"] = time.perf_counter() - t
+        if labels.shape != volume.shape:  # a broken invariant, never a user error
+            raise AssertionError(f"labels {labels.shape} do not match the input grid {volume.shape}")
+        return Segmentation(volume, labels, plan, timings)
+
+
+@dataclass
+class InferResult:
+    input: Path
+    labels_path: Path
+    sidecar_path: Path
+    outputs: dict[str, str]
+    label_counts: dict[str, int]
+    shape: tuple[int, ...]
+    seconds: float
+    model: str
+    device: str
+
+    def summary_line(self) -> str:
+        found = sum(1 for v in self.label_counts.values() if v > 0)
+        dims = "x".join(str(s) for s in self.shape)
+        return (
+            f"{self.input.name} -> {self.labels_path.name}: {found}/{len(self.label_counts)} labels found, "
+            f"{dims} voxels, {self.seconds:.1f}s ({self.model}, {self.device})"
+        )
+
+
+def output_stem(path: Path) -> str:
+    name = path.name
+    for suffix in _IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def default_output(input_path: Path) -> Path:
+    base = input_path.parent if input_path.is_file() else input_path.parent
+    return base / f"{output_stem(input_path)}_seg.nii.gz"
+
+
+def _outputs_for(labels_path: Path) -> dict[str, Path]:
+    stem = output_stem(labels_path)
+    folder = labels_path.parent
+    return {
+        "labels": labels_path,
+        "sidecar": folder / f"{stem}.json",
+        "stats_csv": folder / f"{stem}_stats.csv",
+        "stats_json": folder / f"{stem}_stats.json",
+        "preview": folder / f"{stem}_preview.png",
+    }
+
+
+def _stats_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0].keys()) if rows else ["label", "name"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def infer_file(
+    input_path: str | Path,
+    output: str | Path | None = None,
+    model: str | Path | ModelSpec | Segmenter | None = None,
+    device: str = "auto",
+    stats: bool = False,
+    preview: bool = False,
+    overlap: float | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> InferResult:
+    """Segment one scan file and write its outputs atomically (nothing is left behind on failure)."""
+    from medseg.io import read_volume, write_labels
+    from medseg.models.checkpoints import sha256_of
+
+    t_start = time.perf_counter()
+    input_path = Path(input_path)
+    labels_path = Path(output) if output else default_output(input_path)
+    if not labels_path.name.lower().endswith((".nii", ".nii.gz")):
+        raise MedsegError("output must be a .nii or .nii.gz file", labels_path)
+    if TMP_MARKER in labels_path.name:
+        raise MedsegError("output name is reserved for temporary files", labels_path)
+    paths = _outputs_for(labels_path)
+
+    progress.stage("read")
+    t = time.perf_counter()
+    volume = read_volume(input_path)
+    t_read = time.perf_counter() - t
+    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device)
+    segmenter.check_input(volume)
+    plan = segmenter.plan_for(volume, overlap)
+    result = segmenter.segment(volume, plan, progress)
+    spec = segmenter.spec
+    names = spec.label_names()
+    counts = np.bincount(result.labels.reshape(-1), minlength=spec.network.out_channels)
+    label_counts = {names.get(i, f"label_{i}"): int(counts[i]) for i in range(1, len(counts))}
+
+    progress.stage("write")
+    written: list[Path] = []
+    t = time.perf_counter()
+    try:
+        written.append(write_labels(result.labels, volume, paths["labels"]))
+        outputs = {"labels": str(paths["labels"])}
+        if stats:
+            from medseg.postprocess import label_statistics
+
+            rows = label_statistics(result.labels, volume, {k: v for k, v in names.items() if k != 0})
+            written.append(write_text_atomic(paths["stats_csv"], _stats_csv(rows)))
+            written.append(write_text_atomic(paths["stats_json"], json.dumps(rows, indent=2) + "\n"))
+            outputs.update(stats_csv=str(paths["stats_csv"]), stats_json=str(paths["stats_json"]))
+        if preview:
+            from medseg.io.preview import write_preview
+
+            colors = {k: v.color for k, v in spec.labels.items()}
+            written.append(write_preview(paths["preview"], volume, result.labels, colors, names))
+            outputs["preview"] = str(paths["preview"])
+        timings = {
+            "read": t_read,
+            "model_load": segmenter.load_seconds if not isinstance(model, Segmenter) else 0.0,
+            **result.timings,
+            "write": time.perf_counter() - t,
+        }
+        timings["total"] = time.perf_counter() - t_start
+        sidecar = _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs, timings, sha256_of)
+        written.append(write_text_atomic(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n"))
+    except BaseException:
+        for p in written:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        raise
+    outputs["sidecar"] = str(paths["sidecar"])
+    return InferResult(
+        input_path,
+        paths["labels"],
+        paths["sidecar"],
+        outputs,
+        label_counts,
+        volume.shape,
+        time.perf_counter() - t_start,
+        spec.name,
+        segmenter.device,
+    )
+
+
+def _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs, timings, sha256_of) -> dict:
+    import monai
+    import torch
+
+    return {
+        "medseg_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "input": {
+            "path": str(input_path),
+            "sha256": sha256_of(input_path) if input_path.is_file() else None,
+            "shape": list(volume.shape),
+            "spacing_mm": [round(s, 6) for s in volume.spacing],
+            "orientation": "".join(volume.axcodes),
+            "affine": volume.affine.tolist(),
+        },
+        "model": {
+            "name": spec.name,
+            "network": spec.network.cls,
+            "spatial_dims": spec.network.spatial_dims,
+            "weights": str(spec.weights_path()),
+            "weights_sha256": segmenter.weights_sha256,
+        },
+        "labels": {str(k): {"name": v.name, "color": list(v.color)} for k, v in sorted(spec.labels.items())},
+        "label_voxels": label_counts,
+        "plan": result.plan.to_dict(),
+        "preprocessing": spec.preprocessing.model_dump(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "outputs": outputs,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "monai": monai.__version__,
+            "device": segmenter.device,
+        },
+    }

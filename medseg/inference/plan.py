@@ -1,0 +1,68 @@
+"""The Plan the engine runs: device, tiling and precision.
+
+``default_plan`` takes the model's own inference settings. The memory planner (a later module)
+produces the same type with budgets filled in, so the engine never needs to know who planned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from medseg.models.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    device: str = "cpu"
+    roi_size: tuple[int, ...] = (64, 64, 64)
+    sw_batch_size: int = 1
+    overlap: float = 0.25
+    blend: str = "gaussian"
+    precision: str = "fp32"
+    #: where windows are stitched: "device" or "cpu" (MONAI's ``device`` argument)
+    aggregation_device: str = "cpu"
+    #: predicted peak bytes per component, filled in by the memory planner
+    predicted_bytes: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["roi_size"] = list(self.roi_size)
+        return d
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; validates explicit CUDA requests."""
+    import torch
+
+    from medseg.errors import MedsegError
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MedsegError(f"--device {device} requested but no CUDA GPU is available (use --device cpu)")
+        if ":" in device:
+            try:
+                index = int(device.split(":", 1)[1])
+            except ValueError:
+                raise MedsegError(f"bad device {device!r} (expected cuda:N)") from None
+            if index >= torch.cuda.device_count():
+                raise MedsegError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return device
+    raise MedsegError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)")
+
+
+def default_plan(spec: ModelSpec, device: str = "cpu", overlap: float | None = None) -> Plan:
+    inf = spec.inference
+    return Plan(
+        device=device,
+        roi_size=tuple(inf.roi_size),
+        sw_batch_size=inf.sw_batch_size,
+        overlap=inf.overlap if overlap is None else overlap,
+        blend=inf.blend,
+        precision=inf.precision if device.startswith("cuda") else "fp32",
+        aggregation_device=device,
+    )

@@ -1,0 +1,129 @@
+"""NIfTI-1/2 reading and writing with nibabel, keeping the source header for exact write-back."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.atomic import atomic_path
+from medseg.volume import Volume
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_INTENT_LABEL = 1002  # NIFTI_INTENT_LABEL
+
+
+def is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def read_nifti(path: str | Path) -> Volume:
+    """Read a NIfTI file eagerly (so truncation is found now, not halfway through inference).
+
+    Trailing singleton dimensions beyond the third are kept in ``meta['source_shape']`` and dropped
+    from the array; a 4th dimension with several volumes becomes the channel axis ``(i, j, k, c)``.
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, ValueError) as err:
+        raise InputError(f"not a readable NIfTI file ({_short(err)})", path) from None
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as err:
+        raise InputError(f"cannot read the file, it may be truncated or corrupt ({_short(err)})", path) from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"is a {type(img).__name__}, not a NIfTI image", path)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
+        raise InputError(f"image data is truncated or corrupt ({_short(err)})", path) from None
+    source_shape = tuple(int(s) for s in data.shape)
+    if data.ndim > 3:
+        extra = data.shape[3:]
+        if int(np.prod(extra)) == 1:
+            data = data.reshape(data.shape[:3])
+        elif data.ndim == 5 and data.shape[3] == 1:
+            data = data.reshape(data.shape[:3] + (data.shape[4],))  # NIfTI vector (i, j, k, 1, c)
+    if data.dtype.byteorder not in ("=", "|"):
+        data = data.astype(data.dtype.newbyteorder("="))
+    header = img.header.copy()
+    meta = {
+        "source": str(path),
+        "format": "nifti",
+        "nifti_header": header,
+        "nifti_class": type(img).__name__,
+        "source_shape": source_shape,
+        "qform_code": int(header["qform_code"]),
+        "sform_code": int(header["sform_code"]),
+    }
+    return Volume(np.ascontiguousarray(data), img.affine, meta)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text[:160]
+
+
+def _label_header(like: Volume, dtype: np.dtype):
+    """A header for a label map on ``like``'s grid: same geometry fields, label intent."""
+    header = like.meta.get("nifti_header")
+    klass = nib.Nifti2Image if like.meta.get("nifti_class") == "Nifti2Image" else nib.Nifti1Image
+    if header is None:
+        return klass, None
+    header = header.copy()
+    header.set_data_dtype(dtype)
+    header["scl_slope"] = np.nan
+    header["scl_inter"] = np.nan
+    header["cal_min"] = 0
+    header["cal_max"] = 0
+    return klass, header
+
+
+def to_nifti_image(volume: Volume, dtype: np.dtype | None = None, label: bool = False):
+    """Build a nibabel image for ``volume``; with a source header, qform/sform are copied verbatim."""
+    data = volume.array if dtype is None else volume.array.astype(dtype, copy=False)
+    source_shape = volume.meta.get("source_shape")
+    if source_shape and len(source_shape) > data.ndim and int(np.prod(source_shape)) == data.size:
+        data = data.reshape(source_shape)  # keep e.g. a trailing singleton time axis exactly
+    klass, header = _label_header(volume, data.dtype) if volume.meta.get("nifti_header") is not None else (
+        nib.Nifti1Image,
+        None,
+    )
+    if header is not None:
+        img = klass(data, None, header=header)
+        # nibabel rebuilds qform/sform from the header when affine is None; keep codes exact
+        img.set_qform(header.get_qform(), int(header["qform_code"]))
+        img.set_sform(header.get_sform(), int(header["sform_code"]))
+    else:
+        img = nib.Nifti1Image(data, volume.affine)
+        img.set_qform(volume.affine, 1)
+        img.set_sform(volume.affine, 1)
+    img.header.set_data_dtype(data.dtype)
+    if label:
+        img.header.set_intent(_INTENT_LABEL)
+        img.header["descrip"] = b"medseg labels"
+    return img
+
+
+def write_nifti(volume: Volume, path: str | Path, dtype: np.dtype | None = None, label: bool = False) -> Path:
+    """Write ``volume`` atomically as NIfTI (``.nii`` or ``.nii.gz``)."""
+    path = Path(path)
+    img = to_nifti_image(volume, dtype, label=label)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def label_dtype(max_label: int) -> np.dtype:
+    return np.dtype(np.uint8) if max_label <= 255 else np.dtype(np.uint16)
+
+
+def write_labels(labels: np.ndarray, like: Volume, path: str | Path) -> Path:
+    """Write a label map on ``like``'s grid: same shape, affine and qform/sform codes; uint8/uint16."""
+    if tuple(labels.shape) != like.shape:
+        raise ValueError(f"labels shape {labels.shape} != image shape {like.shape}")
+    dtype = label_dtype(int(labels.max()) if labels.size else 0)
+    return write_nifti(like.with_array(labels), path, dtype=dtype, label=True)

@@ -1,0 +1,88 @@
+"""Shared fixtures: real data from ../shared/data, phantoms, and a tiny model with random weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _find_shared_data() -> Path | None:
+    """``shared/data`` beside the checkout (``../shared/data``), as laid out for developers and CI."""
+    for base in (ROOT.parent, *ROOT.parent.parents):
+        candidate = base / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout. Under CI its absence is a failure, not a skip."""
+    found = _find_shared_data()
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("../shared/data (real test scans) is missing on CI")
+        pytest.skip("../shared/data not found")
+    return found
+
+
+@pytest.fixture(scope="session")
+def phantom_pair():
+    from medseg.phantom import make_phantom
+
+    return make_phantom(11, axcodes="LPS", spacing=(3.0, 3.0, 4.0), oblique=False)
+
+
+def write_tiny_model(folder: Path, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 3,
+                     spacing=(4.0, 4.0, 4.0), roi=None, seed: int = 0) -> Path:
+    """A small UNet spec + random weights (state dict with sha256): exercises the real loading path."""
+    import torch
+
+    from medseg.models.checkpoints import sha256_of
+    from medseg.models.registry import build_network
+    from medseg.models.spec import spec_from_dict
+
+    folder.mkdir(parents=True, exist_ok=True)
+    roi = roi or ([32, 32, 32] if spatial_dims == 3 else [64, 64])
+    data = {
+        "name": f"tiny{spatial_dims}d",
+        "network": {
+            "class": "UNet",
+            "spatial_dims": spatial_dims,
+            "in_channels": in_channels,
+            "out_channels": out_channels,
+            "kwargs": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+        },
+        "labels": {i: {"name": f"class{i}", "color": [(40 * i) % 256, 100, 200]} for i in range(out_channels)},
+        "preprocessing": {"orientation": "RAS", "spacing": list(spacing)},
+        "inference": {"roi_size": roi, "overlap": 0.25, "sw_batch_size": 2},
+        "weights": {"path": "tiny.pt"},
+    }
+    torch.manual_seed(seed)
+    net = build_network(spec_from_dict(data))
+    torch.save(net.state_dict(), folder / "tiny.pt")
+    data["weights"]["sha256"] = sha256_of(folder / "tiny.pt")
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def tiny_model(tmp_path) -> Path:
+    return write_tiny_model(tmp_path / "model")
+
+
+def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, qform_code: int = 1, sform_code: int = 1) -> Path:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, qform_code)
+    img.set_sform(affine, sform_code)
+    nib.save(img, str(path))
+    return path

@@ -1,0 +1,70 @@
+"""Bad input gets a clear one-line error naming the file."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+from medseg.errors import InputError
+from medseg.io import read_volume
+from tests.conftest import save_nifti
+
+
+def _err(path) -> str:
+    with pytest.raises(InputError) as info:
+        read_volume(path)
+    msg = str(info.value)
+    assert "\n" not in msg and str(path) in msg
+    return msg
+
+
+def test_missing_file(tmp_path):
+    assert "no such file" in _err(tmp_path / "nope.nii.gz")
+
+
+def test_folder_without_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    assert "no readable image" in _err(tmp_path)
+
+
+def test_non_image_file(tmp_path):
+    p = tmp_path / "scan.nii.gz"
+    p.write_text("this is not an image")
+    assert "not a readable NIfTI" in _err(p) or "truncated" in _err(p)
+    q = tmp_path / "report.pdf"
+    q.write_bytes(b"%PDF-1.4")
+    assert "not a supported image file" in _err(q)
+
+
+def test_truncated_gzip(tmp_path):
+    p = save_nifti(tmp_path / "full.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), np.eye(4))
+    data = p.read_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(data[: len(data) // 2])
+    assert "truncated" in _err(cut)
+
+
+def test_2d_image(tmp_path):
+    assert "2D image" in _err(save_nifti(tmp_path / "x.nii.gz", np.zeros((10, 10), np.int16), np.eye(4)))
+
+
+def test_4d_is_read_as_channels(tmp_path):
+    vol = read_volume(save_nifti(tmp_path / "x.nii.gz", np.zeros((5, 5, 5, 3), np.int16), np.eye(4)))
+    assert vol.array.shape == (5, 5, 5, 3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_or_inf_voxels(tmp_path, bad):
+    data = np.zeros((6, 6, 6), np.float32)
+    data[1, 2, 3] = bad
+    assert "1 " in _err(save_nifti(tmp_path / "x.nii.gz", data, np.eye(4)))
+
+
+def test_zero_size_dimension(tmp_path):
+    assert "zero-size" in _err(save_nifti(tmp_path / "x.nii.gz", np.zeros((5, 0, 5), np.int16), np.eye(4)))
+
+
+def test_gzip_of_garbage(tmp_path):
+    p = tmp_path / "x.nii.gz"
+    p.write_bytes(gzip.compress(b"\x00" * 400))
+    _err(p)
