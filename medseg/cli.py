@@ -66,7 +66,9 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Label file (default: <stem>_seg.nii.gz beside INPUT).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Label file (default: <stem>_seg.nii.gz beside INPUT)."
+)
 @click.option("--model", "model", default=None, help="Model name (see `medseg models`) or ModelSpec .yaml path.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
@@ -129,8 +131,13 @@ def models() -> None:
 @click.option("--orientation", default=None, help="Voxel axis codes, e.g. RAS or LPS (default: random).")
 @click.option("--spacing", nargs=3, type=float, default=None, help="Voxel size in mm (default: random).")
 @click.option("--oblique/--no-oblique", default=None, help="Rotate the grid 5-20 degrees (default: random).")
-@click.option("--layout", type=click.Choice(["dataset", "flat"]), default="dataset", show_default=True,
-              help="dataset: images/ and labels/ subfolders (for `medseg train`); flat: <name>.nii.gz and <name>_gt.nii.gz.")
+@click.option(
+    "--layout",
+    type=click.Choice(["dataset", "flat"]),
+    default="dataset",
+    show_default=True,
+    help="dataset: images/ and labels/ subfolders (for `medseg train`); flat: <name>.nii.gz and <name>_gt.nii.gz.",
+)
 @handle_errors
 def phantom(out_dir, count, seed, orientation, spacing, oblique, layout) -> None:
     """Generate synthetic torso CT phantoms (HU) with ground-truth labels.
@@ -147,13 +154,22 @@ def phantom(out_dir, count, seed, orientation, spacing, oblique, layout) -> None
             image, labels = out_dir / "images" / f"{name}.nii.gz", out_dir / "labels" / f"{name}.nii.gz"
         else:
             image, labels = out_dir / f"{name}.nii.gz", out_dir / f"{name}_gt.nii.gz"
-        vol, _ = write_phantom(s, str(image), str(labels), axcodes=orientation, spacing=tuple(spacing) if spacing else None, oblique=oblique)
+        vol, _ = write_phantom(
+            s,
+            str(image),
+            str(labels),
+            axcodes=orientation,
+            spacing=tuple(spacing) if spacing else None,
+            oblique=oblique,
+        )
         click.echo(f"{image}  {vol.shape} {''.join(vol.axcodes)} spacing {tuple(round(x, 2) for x in vol.spacing)}")
 
 
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder with images/ and labels/.")
+@click.option(
+    "--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder with images/ and labels/."
+)
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--batch-size", default=2, show_default=True)
@@ -164,7 +180,9 @@ def phantom(out_dir, count, seed, orientation, spacing, oblique, layout) -> None
 @click.option("--no-augment", is_flag=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @handle_errors
-def train(spec_path, data_dir, out_dir, steps, batch_size, lr, seed, checkpoint_every, threads, no_augment, resume) -> None:
+def train(
+    spec_path, data_dir, out_dir, steps, batch_size, lr, seed, checkpoint_every, threads, no_augment, resume
+) -> None:
     """Train SPEC's network (Dice + cross-entropy) on image/label pairs; resumable.
 
     \b
@@ -178,8 +196,13 @@ def train(spec_path, data_dir, out_dir, steps, batch_size, lr, seed, checkpoint_
 
     spec = resolve_spec(spec_path)
     cfg = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
-        augment=not no_augment, threads=threads,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        augment=not no_augment,
+        threads=threads,
     )
     run_training(spec, data_dir, out_dir, cfg, resume=resume, log=lambda m: click.echo(m))
 
@@ -212,7 +235,9 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
     click.echo(f"{'label':<12} {'dice':>7} {'iou':>7} {'hd95_mm':>8}")
     for name, m in report["per_label"].items():
         click.echo(f"{name:<12} {m['dice']:7.4f} {m['iou']:7.4f} {m['hd95_mm']:8.2f}")
-    click.echo(f"mean Dice over {len(report['per_label'])} labels, {report['n_cases']} case(s): {report['mean_dice']:.4f}")
+    click.echo(
+        f"mean Dice over {len(report['per_label'])} labels, {report['n_cases']} case(s): {report['mean_dice']:.4f}"
+    )
     if csv_path:
         write_text_atomic(csv_path, to_csv(report))
     if json_path:

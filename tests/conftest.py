@@ -39,8 +39,15 @@ def phantom_pair():
     return make_phantom(11, axcodes="LPS", spacing=(3.0, 3.0, 4.0), oblique=False)
 
 
-def write_tiny_model(folder: Path, spatial_dims: int = 3, in_channels: int = 1, out_channels: int = 3,
-                     spacing=(4.0, 4.0, 4.0), roi=None, seed: int = 0) -> Path:
+def write_tiny_model(
+    folder: Path,
+    spatial_dims: int = 3,
+    in_channels: int = 1,
+    out_channels: int = 3,
+    spacing=(4.0, 4.0, 4.0),
+    roi=None,
+    seed: int = 0,
+) -> Path:
     """A small UNet spec + random weights (state dict with sha256): exercises the real loading path."""
     import torch
 

@@ -31,7 +31,9 @@ def _bad_inputs(tmp):
     cases["dir_without_images"] = tmp / "empty_dir"
     (tmp / "notes.nii.gz").write_text("plain text")
     cases["non_image"] = tmp / "notes.nii.gz"
-    full = save_nifti(tmp / "full.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), np.eye(4))
+    full = save_nifti(
+        tmp / "full.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), np.eye(4)
+    )
     (tmp / "truncated.nii.gz").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     cases["truncated"] = tmp / "truncated.nii.gz"
     cases["2d"] = save_nifti(tmp / "flat.nii.gz", np.zeros((20, 20), np.int16), np.eye(4))
@@ -105,7 +107,9 @@ def test_cuda_requested_without_gpu(tmp_path):
 def test_infer_summary_and_outputs(tmp_path):
     model = write_tiny_model(tmp_path / "model")
     scan = save_nifti(tmp_path / "scan.nii.gz", np.zeros((20, 18, 16), np.int16), np.diag([2, 2, 3, 1.0]))
-    result = _run("infer", scan, "-o", tmp_path / "out" / "labels.nii.gz", "--model", model, "--device", "cpu", "--stats")
+    result = _run(
+        "infer", scan, "-o", tmp_path / "out" / "labels.nii.gz", "--model", model, "--device", "cpu", "--stats"
+    )
     assert result.exit_code == 0, result.output
     assert "scan.nii.gz -> labels.nii.gz" in result.stdout
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
@@ -119,11 +123,28 @@ def test_models_lists_shipped_models():
 
 
 def test_phantom_and_evaluate_commands(tmp_path):
-    result = _run("phantom", tmp_path / "ph", "-n", "1", "--seed", "3", "--orientation", "LPS", "--spacing", "4", "4", "5", "--layout", "flat")
+    result = _run(
+        "phantom",
+        tmp_path / "ph",
+        "-n",
+        "1",
+        "--seed",
+        "3",
+        "--orientation",
+        "LPS",
+        "--spacing",
+        "4",
+        "4",
+        "5",
+        "--layout",
+        "flat",
+    )
     assert result.exit_code == 0, result.output
     gt = tmp_path / "ph" / "phantom_00003_gt.nii.gz"
     assert gt.exists()
-    result = _run("evaluate", gt, gt, "--model", "phantom-unet3d", "--csv", tmp_path / "m.csv", "--json", tmp_path / "m.json")
+    result = _run(
+        "evaluate", gt, gt, "--model", "phantom-unet3d", "--csv", tmp_path / "m.csv", "--json", tmp_path / "m.json"
+    )
     assert result.exit_code == 0, result.output
     assert "mean Dice over 7 labels, 1 case(s): 1.0000" in result.stdout
     assert "liver" in (tmp_path / "m.csv").read_text()

@@ -159,6 +159,69 @@ def _stats_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def output_paths(input_path: str | Path, output: str | Path | None = None) -> dict[str, Path]:
+    """Where ``infer`` writes for ``input_path``: labels, sidecar, stats and preview paths."""
+    labels_path = Path(output) if output else default_output(Path(input_path))
+    if not labels_path.name.lower().endswith((".nii", ".nii.gz")):
+        raise MedsegError("output must be a .nii or .nii.gz file", labels_path)
+    if TMP_MARKER in labels_path.name:
+        raise MedsegError("output name is reserved for temporary files", labels_path)
+    return _outputs_for(labels_path)
+
+
+def write_outputs(
+    input_path: Path,
+    segmentation: Segmentation,
+    segmenter: Segmenter,
+    paths: dict[str, Path],
+    stats: bool = False,
+    preview: bool = False,
+    timings: dict[str, float] | None = None,
+) -> tuple[dict[str, str], dict[str, int]]:
+    """Write labels, optional stats/preview, then the sidecar, each atomically.
+
+    The sidecar is written last, so its presence means the case is complete. If any write fails,
+    the files this call already wrote are removed. Returns ``(outputs, label_counts)``.
+    """
+    from medseg.io import write_labels
+    from medseg.models.checkpoints import sha256_of
+
+    volume, spec = segmentation.image, segmenter.spec
+    names = spec.label_names()
+    counts = np.bincount(segmentation.labels.reshape(-1), minlength=spec.network.out_channels)
+    label_counts = {names.get(i, f"label_{i}"): int(counts[i]) for i in range(1, len(counts))}
+    written: list[Path] = []
+    t = time.perf_counter()
+    try:
+        written.append(write_labels(segmentation.labels, volume, paths["labels"]))
+        outputs = {"labels": str(paths["labels"])}
+        if stats:
+            from medseg.postprocess import label_statistics
+
+            rows = label_statistics(segmentation.labels, volume, {k: v for k, v in names.items() if k != 0})
+            written.append(write_text_atomic(paths["stats_csv"], _stats_csv(rows)))
+            written.append(write_text_atomic(paths["stats_json"], json.dumps(rows, indent=2) + "\n"))
+            outputs.update(stats_csv=str(paths["stats_csv"]), stats_json=str(paths["stats_json"]))
+        if preview:
+            from medseg.io.preview import write_preview
+
+            colors = {k: v.color for k, v in spec.labels.items()}
+            written.append(write_preview(paths["preview"], volume, segmentation.labels, colors, names))
+            outputs["preview"] = str(paths["preview"])
+        timings = {**(timings or {}), **segmentation.timings, "write": time.perf_counter() - t}
+        if "total" in timings:
+            timings["total"] += timings["write"]
+        outputs["sidecar"] = str(paths["sidecar"])
+        sidecar = _sidecar(input_path, volume, spec, segmenter, segmentation, label_counts, outputs, timings, sha256_of)
+        written.append(write_text_atomic(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n"))
+    except BaseException:
+        for p in written:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        raise
+    return outputs, label_counts
+
+
 def infer_file(
     input_path: str | Path,
     output: str | Path | None = None,
@@ -170,65 +233,21 @@ def infer_file(
     progress: Progress = NULL_PROGRESS,
 ) -> InferResult:
     """Segment one scan file and write its outputs atomically (nothing is left behind on failure)."""
-    from medseg.io import read_volume, write_labels
-    from medseg.models.checkpoints import sha256_of
+    from medseg.io import read_volume
 
     t_start = time.perf_counter()
     input_path = Path(input_path)
-    labels_path = Path(output) if output else default_output(input_path)
-    if not labels_path.name.lower().endswith((".nii", ".nii.gz")):
-        raise MedsegError("output must be a .nii or .nii.gz file", labels_path)
-    if TMP_MARKER in labels_path.name:
-        raise MedsegError("output name is reserved for temporary files", labels_path)
-    paths = _outputs_for(labels_path)
-
+    paths = output_paths(input_path, output)
     progress.stage("read")
-    t = time.perf_counter()
     volume = read_volume(input_path)
-    t_read = time.perf_counter() - t
+    timings = {"read": time.perf_counter() - t_start}
     segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device)
+    timings["model_load"] = 0.0 if isinstance(model, Segmenter) else segmenter.load_seconds
     segmenter.check_input(volume)
-    plan = segmenter.plan_for(volume, overlap)
-    result = segmenter.segment(volume, plan, progress)
-    spec = segmenter.spec
-    names = spec.label_names()
-    counts = np.bincount(result.labels.reshape(-1), minlength=spec.network.out_channels)
-    label_counts = {names.get(i, f"label_{i}"): int(counts[i]) for i in range(1, len(counts))}
-
+    result = segmenter.segment(volume, segmenter.plan_for(volume, overlap), progress)
     progress.stage("write")
-    written: list[Path] = []
-    t = time.perf_counter()
-    try:
-        written.append(write_labels(result.labels, volume, paths["labels"]))
-        outputs = {"labels": str(paths["labels"])}
-        if stats:
-            from medseg.postprocess import label_statistics
-
-            rows = label_statistics(result.labels, volume, {k: v for k, v in names.items() if k != 0})
-            written.append(write_text_atomic(paths["stats_csv"], _stats_csv(rows)))
-            written.append(write_text_atomic(paths["stats_json"], json.dumps(rows, indent=2) + "\n"))
-            outputs.update(stats_csv=str(paths["stats_csv"]), stats_json=str(paths["stats_json"]))
-        if preview:
-            from medseg.io.preview import write_preview
-
-            colors = {k: v.color for k, v in spec.labels.items()}
-            written.append(write_preview(paths["preview"], volume, result.labels, colors, names))
-            outputs["preview"] = str(paths["preview"])
-        timings = {
-            "read": t_read,
-            "model_load": segmenter.load_seconds if not isinstance(model, Segmenter) else 0.0,
-            **result.timings,
-            "write": time.perf_counter() - t,
-        }
-        timings["total"] = time.perf_counter() - t_start
-        sidecar = _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs, timings, sha256_of)
-        written.append(write_text_atomic(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n"))
-    except BaseException:
-        for p in written:
-            with contextlib.suppress(FileNotFoundError):
-                p.unlink()
-        raise
-    outputs["sidecar"] = str(paths["sidecar"])
+    timings["total"] = time.perf_counter() - t_start  # write_outputs adds the write time
+    outputs, label_counts = write_outputs(input_path, result, segmenter, paths, stats, preview, timings)
     return InferResult(
         input_path,
         paths["labels"],
@@ -237,7 +256,7 @@ def infer_file(
         label_counts,
         volume.shape,
         time.perf_counter() - t_start,
-        spec.name,
+        segmenter.spec.name,
         segmenter.device,
     )
 

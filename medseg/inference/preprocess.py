@@ -53,7 +53,9 @@ def plan_grid(volume: Volume, spec: ModelSpec) -> GridRecord:
     scale = tuple(float(t / s) for t, s in zip(target, spacing))
     model_shape = tuple(max(1, int(round(n / r))) for n, r in zip(reoriented_shape, scale))
     model_affine = reoriented_affine @ np.diag(list(scale) + [1.0])
-    return GridRecord(shape, volume.affine.copy(), ornt, inverse_ornt, reoriented_shape, scale, model_shape, model_affine)
+    return GridRecord(
+        shape, volume.affine.copy(), ornt, inverse_ornt, reoriented_shape, scale, model_shape, model_affine
+    )
 
 
 def reorient_array(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:

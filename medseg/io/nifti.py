@@ -15,6 +15,20 @@ from medseg.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _INTENT_LABEL = 1002  # NIFTI_INTENT_LABEL
+_GEOMETRY_FIELDS = (
+    "qform_code",
+    "sform_code",
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "srow_x",
+    "srow_y",
+    "srow_z",
+    "xyzt_units",
+)
 
 
 def is_nifti(path: Path) -> bool:
@@ -88,15 +102,19 @@ def to_nifti_image(volume: Volume, dtype: np.dtype | None = None, label: bool = 
     source_shape = volume.meta.get("source_shape")
     if source_shape and len(source_shape) > data.ndim and int(np.prod(source_shape)) == data.size:
         data = data.reshape(source_shape)  # keep e.g. a trailing singleton time axis exactly
-    klass, header = _label_header(volume, data.dtype) if volume.meta.get("nifti_header") is not None else (
-        nib.Nifti1Image,
-        None,
+    klass, header = (
+        _label_header(volume, data.dtype)
+        if volume.meta.get("nifti_header") is not None
+        else (
+            nib.Nifti1Image,
+            None,
+        )
     )
     if header is not None:
         img = klass(data, None, header=header)
-        # nibabel rebuilds qform/sform from the header when affine is None; keep codes exact
-        img.set_qform(header.get_qform(), int(header["qform_code"]))
-        img.set_sform(header.get_sform(), int(header["sform_code"]))
+        # copy the raw geometry fields: re-encoding a qform from its matrix drifts by ~1e-16
+        for key in _GEOMETRY_FIELDS:
+            img.header[key] = header[key]
     else:
         img = nib.Nifti1Image(data, volume.affine)
         img.set_qform(volume.affine, 1)

@@ -35,7 +35,9 @@ def _window(data: np.ndarray, modality: str | None) -> np.ndarray:
     return np.clip((data.astype(np.float32) - lo) / (hi - lo), 0, 1)
 
 
-def _planes(img: np.ndarray, lab: np.ndarray, sp, centre) -> list[tuple[str, np.ndarray, np.ndarray, tuple[float, float]]]:
+def _planes(
+    img: np.ndarray, lab: np.ndarray, sp, centre
+) -> list[tuple[str, np.ndarray, np.ndarray, tuple[float, float]]]:
     i, j, k = centre
     return [
         ("axial", img[::-1, ::-1, k].T, lab[::-1, ::-1, k].T, (sp[1], sp[0])),
@@ -44,8 +46,9 @@ def _planes(img: np.ndarray, lab: np.ndarray, sp, centre) -> list[tuple[str, np.
     ]
 
 
-def render_preview(image: Volume, labels: np.ndarray, colors: dict[int, tuple[int, int, int]],
-                   names: dict[int, str], height: int = 320):
+def render_preview(
+    image: Volume, labels: np.ndarray, colors: dict[int, tuple[int, int, int]], names: dict[int, str], height: int = 320
+):
     """Return a PIL image with the three planes through the labelled region's centre and a legend."""
     from PIL import Image, ImageDraw
 
@@ -79,13 +82,16 @@ def render_preview(image: Volume, labels: np.ndarray, colors: dict[int, tuple[in
     for n, (index, name) in enumerate(sorted((k, v) for k, v in names.items() if k != 0)):
         col, row = n % 4, n // 4
         lx, ly = 8 + col * (width // 4), height + 32 + row * 22
-        draw.rectangle([lx, ly, lx + 14, ly + 14], fill=tuple(int(c) for c in lut[index]) if index < len(lut) else (255, 0, 0))
+        draw.rectangle(
+            [lx, ly, lx + 14, ly + 14], fill=tuple(int(c) for c in lut[index]) if index < len(lut) else (255, 0, 0)
+        )
         draw.text((lx + 20, ly + 2), f"{index} {name}", fill=(230, 230, 230))
     return canvas
 
 
-def write_preview(path: str | Path, image: Volume, labels: np.ndarray, colors: dict[int, tuple[int, int, int]],
-                  names: dict[int, str]) -> Path:
+def write_preview(
+    path: str | Path, image: Volume, labels: np.ndarray, colors: dict[int, tuple[int, int, int]], names: dict[int, str]
+) -> Path:
     canvas = render_preview(image, labels, colors, names)
     with atomic_path(path) as tmp:
         canvas.save(tmp, format="PNG")

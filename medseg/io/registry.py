@@ -55,6 +55,4 @@ def read_volume(path: str | Path) -> Volume:
         found = sorted(p.name for p in path.iterdir())[:3]
         hint = f" (found: {', '.join(found)}...)" if found else " (the folder is empty)"
         raise InputError(f"folder contains no readable image{hint}; give a NIfTI file", path)
-    raise InputError(
-        "not a supported image file (expected .nii, .nii.gz, .nrrd, .mha, .mhd)", path
-    )
+    raise InputError("not a supported image file (expected .nii, .nii.gz, .nrrd, .mha, .mhd)", path)

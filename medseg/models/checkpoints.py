@@ -28,7 +28,9 @@ def is_torchscript(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
-    return any("/code/" in n or n.startswith("code/") for n in names) and any(n.endswith("constants.pkl") for n in names)
+    return any("/code/" in n or n.startswith("code/") for n in names) and any(
+        n.endswith("constants.pkl") for n in names
+    )
 
 
 def extract_state_dict(obj: object) -> dict:
@@ -44,7 +46,7 @@ def extract_state_dict(obj: object) -> dict:
             if all(isinstance(v, torch.Tensor) for v in obj.values()):
                 prefix = "module."
                 if all(k.startswith(prefix) for k in obj):
-                    return {k[len(prefix):]: v for k, v in obj.items()}
+                    return {k[len(prefix) :]: v for k, v in obj.items()}
                 return dict(obj)
     raise ModelError("checkpoint holds no state dict (expected a mapping of parameter names to tensors)")
 

@@ -50,7 +50,9 @@ def build_network(spec: ModelSpec):
 
     net_spec = spec.network
     if net_spec.cls not in NETWORKS:
-        raise ModelError(f"network class {net_spec.cls!r} is not supported (choose from {', '.join(NETWORKS)})", spec.name)
+        raise ModelError(
+            f"network class {net_spec.cls!r} is not supported (choose from {', '.join(NETWORKS)})", spec.name
+        )
     factory = getattr(nets, net_spec.cls)
     kwargs = dict(net_spec.kwargs)
     params = inspect.signature(factory).parameters

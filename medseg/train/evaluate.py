@@ -57,9 +57,7 @@ def evaluate(pred: str | Path, gt: str | Path, names: dict[int, str] | None = No
     per_label: dict[str, dict[str, float]] = {}
     for name in dict.fromkeys(r["name"] for r in rows):
         sel = [r for r in rows if r["name"] == name]
-        per_label[name] = {
-            k: _nanmean([r[k] for r in sel]) for k in ("dice", "iou", "hd95_mm")
-        }
+        per_label[name] = {k: _nanmean([r[k] for r in sel]) for k in ("dice", "iou", "hd95_mm")}
     mean_dice = _nanmean([v["dice"] for v in per_label.values()])
     return {"cases": rows, "per_label": per_label, "mean_dice": mean_dice, "n_cases": len({r["case"] for r in rows})}
 

@@ -56,8 +56,11 @@ def test_labels_align_voxel_for_voxel_with_the_input(tmp_path):
             "name": "threshold",
             "network": {"class": "UNet", "out_channels": 2},
             "labels": {0: {"name": "bg"}, 1: {"name": "box"}},
-            "preprocessing": {"orientation": "RAS", "spacing": [1.0, 1.0, 1.0],
-                              "intensity": {"kind": "ct_window", "a_min": 0, "a_max": 1000}},
+            "preprocessing": {
+                "orientation": "RAS",
+                "spacing": [1.0, 1.0, 1.0],
+                "intensity": {"kind": "ct_window", "a_min": 0, "a_max": 1000},
+            },
             "inference": {"roi_size": [24, 24, 24]},
         }
     )

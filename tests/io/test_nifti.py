@@ -24,6 +24,7 @@ def _assert_same_geometry(out_path, src_path):
         assert int(out.header[code]) == int(src.header[code])
     assert np.array_equal(out.header.get_qform(), src.header.get_qform())
     assert np.array_equal(out.header.get_sform(), src.header.get_sform())
+    assert np.array_equal(out.header["pixdim"][:4], src.header["pixdim"][:4])  # incl. qfac
     assert type(out) is type(src)
 
 
@@ -59,8 +60,13 @@ def test_big_endian_input_reads_native(shared_data):
     ids=["ras-aniso", "lps", "oblique"],
 )
 def test_write_labels_keeps_affine_and_codes(tmp_path, affine):
-    src = save_nifti(tmp_path / "img.nii.gz", np.random.default_rng(0).normal(size=(9, 8, 7)).astype(np.float32),
-                     affine, qform_code=1, sform_code=2)
+    src = save_nifti(
+        tmp_path / "img.nii.gz",
+        np.random.default_rng(0).normal(size=(9, 8, 7)).astype(np.float32),
+        affine,
+        qform_code=1,
+        sform_code=2,
+    )
     vol = read_volume(src)
     out = write_labels(np.ones(vol.shape, np.uint8), vol, tmp_path / "lab.nii.gz")
     _assert_same_geometry(out, src)

@@ -37,7 +37,9 @@ def test_non_image_file(tmp_path):
 
 
 def test_truncated_gzip(tmp_path):
-    p = save_nifti(tmp_path / "full.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), np.eye(4))
+    p = save_nifti(
+        tmp_path / "full.nii.gz", np.random.default_rng(0).normal(size=(40, 40, 40)).astype(np.float32), np.eye(4)
+    )
     data = p.read_bytes()
     cut = tmp_path / "cut.nii.gz"
     cut.write_bytes(data[: len(data) // 2])

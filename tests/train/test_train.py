@@ -11,8 +11,12 @@ from tests.conftest import write_tiny_model
 
 def _dataset(folder, n=2):
     for s in range(n):
-        write_phantom(100 + s, str(folder / "images" / f"c{s}.nii.gz"), str(folder / "labels" / f"c{s}.nii.gz"),
-                      spacing=(5.0, 5.0, 6.0))
+        write_phantom(
+            100 + s,
+            str(folder / "images" / f"c{s}.nii.gz"),
+            str(folder / "labels" / f"c{s}.nii.gz"),
+            spacing=(5.0, 5.0, 6.0),
+        )
     return folder
 
 
@@ -48,6 +52,8 @@ def test_find_pairs_requires_labels(tmp_path):
 
 def test_2d_training_step(tmp_path):
     data = _dataset(tmp_path / "data", n=1)
-    spec = load_spec(write_tiny_model(tmp_path / "m", spatial_dims=2, out_channels=8, spacing=(8.0, 8.0, None), roi=[32, 32]))
+    spec = load_spec(
+        write_tiny_model(tmp_path / "m", spatial_dims=2, out_channels=8, spacing=(8.0, 8.0, None), roi=[32, 32])
+    )
     out = train(spec, data, tmp_path / "run", TrainConfig(steps=2, batch_size=2, threads=1), log=lambda m: None)
     assert (tmp_path / "run" / "model.pt").exists() and out["steps"] == 2
