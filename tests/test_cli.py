@@ -148,3 +148,14 @@ def test_phantom_and_evaluate_commands(tmp_path):
     assert result.exit_code == 0, result.output
     assert "mean Dice over 7 labels, 1 case(s): 1.0000" in result.stdout
     assert "liver" in (tmp_path / "m.csv").read_text()
+
+
+def test_unwritable_output_location_is_one_line(tmp_path):
+    model = write_tiny_model(tmp_path / "model")
+    scan = save_nifti(tmp_path / "scan.nii.gz", np.zeros((10, 10, 10), np.int16), np.eye(4))
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("a file where the output folder should be")
+    result = _run("infer", scan, "-o", blocker / "x.nii.gz", "--model", model, "--device", "cpu")
+    assert result.exit_code == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "not_a_folder" in result.stderr
+    assert "Traceback" not in result.stderr
