@@ -33,7 +33,8 @@ from medseg.models.spec import ModelSpec
 from medseg.progress import NULL_PROGRESS, Progress
 from medseg.volume import Volume
 
-_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+_IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm.gz", ".dcm")
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "nifti+dicom-seg")
 
 
 @dataclass
@@ -127,6 +128,8 @@ class InferResult:
 
 
 def output_stem(path: Path) -> str:
+    if path.is_dir():
+        return path.name  # a DICOM folder: "1.2.3" keeps its dots
     name = path.name
     for suffix in _IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -159,14 +162,51 @@ def _stats_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def output_paths(input_path: str | Path, output: str | Path | None = None) -> dict[str, Path]:
-    """Where ``infer`` writes for ``input_path``: labels, sidecar, stats and preview paths."""
+def output_paths(
+    input_path: str | Path, output: str | Path | None = None, output_format: str = "nifti"
+) -> dict[str, Path]:
+    """Where ``infer`` writes for ``input_path``: labels, DICOM SEG, sidecar, stats and preview paths.
+
+    With ``output_format="dicom-seg"`` the output (default ``<stem>_seg.dcm``) is the SEG file;
+    with ``nifti+dicom-seg`` the SEG goes beside the label NIfTI under the same stem.
+    """
+    if output_format not in OUTPUT_FORMATS:
+        raise MedsegError(f"unknown output format '{output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
+    if output_format == "dicom-seg":
+        seg_path = (
+            Path(output)
+            if output
+            else default_output(Path(input_path)).with_name(f"{output_stem(Path(input_path))}_seg.dcm")
+        )
+        if not seg_path.name.lower().endswith(".dcm"):
+            raise MedsegError("DICOM SEG output must be a .dcm file", seg_path)
+        if TMP_MARKER in seg_path.name:
+            raise MedsegError("output name is reserved for temporary files", seg_path)
+        paths = _outputs_for(seg_path.with_name(seg_path.name[: -len(".dcm")] + ".nii.gz"))
+        del paths["labels"]  # keys present are exactly the files this run writes
+        paths["dicom_seg"] = seg_path
+        return paths
     labels_path = Path(output) if output else default_output(Path(input_path))
     if not labels_path.name.lower().endswith((".nii", ".nii.gz")):
         raise MedsegError("output must be a .nii or .nii.gz file", labels_path)
     if TMP_MARKER in labels_path.name:
         raise MedsegError("output name is reserved for temporary files", labels_path)
-    return _outputs_for(labels_path)
+    paths = _outputs_for(labels_path)
+    if output_format == "nifti+dicom-seg":
+        paths["dicom_seg"] = labels_path.parent / f"{output_stem(labels_path)}.dcm"
+    return paths
+
+
+def check_dicom_seg_input(volume: Volume) -> None:
+    """Fail before inference when a DICOM SEG cannot be written for this input."""
+    from medseg.io.dicom_seg import require_highdicom
+
+    require_highdicom()
+    dicom = volume.meta.get("dicom")
+    if not dicom:
+        raise InputError("DICOM SEG output needs a DICOM input series; use --format nifti", volume.source)
+    if dicom.get("n_volumes", 1) > 1 or any(f.get("mosaic") is not None for f in dicom["frames"]):
+        raise InputError("DICOM SEG output is not supported for 4D or Siemens mosaic series", volume.source)
 
 
 def write_outputs(
@@ -178,7 +218,7 @@ def write_outputs(
     preview: bool = False,
     timings: dict[str, float] | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
-    """Write labels, optional stats/preview, then the sidecar, each atomically.
+    """Write labels (NIfTI and/or DICOM SEG), optional stats/preview, then the sidecar, each atomically.
 
     The sidecar is written last, so its presence means the case is complete. If any write fails,
     the files this call already wrote are removed. Returns ``(outputs, label_counts)``.
@@ -193,8 +233,16 @@ def write_outputs(
     written: list[Path] = []
     t = time.perf_counter()
     try:
-        written.append(write_labels(segmentation.labels, volume, paths["labels"]))
-        outputs = {"labels": str(paths["labels"])}
+        outputs = {}
+        if paths.get("labels") is not None:
+            written.append(write_labels(segmentation.labels, volume, paths["labels"]))
+            outputs["labels"] = str(paths["labels"])
+        if paths.get("dicom_seg") is not None:
+            from medseg.io.dicom_seg import write_dicom_seg
+
+            label_info = {k: (v.name, tuple(v.color)) for k, v in spec.labels.items() if k != 0}
+            written.append(write_dicom_seg(segmentation.labels, volume, paths["dicom_seg"], label_info, spec.name))
+            outputs["dicom_seg"] = str(paths["dicom_seg"])
         if stats:
             from medseg.postprocess import label_statistics
 
@@ -231,15 +279,22 @@ def infer_file(
     preview: bool = False,
     overlap: float | None = None,
     progress: Progress = NULL_PROGRESS,
+    output_format: str = "nifti",
 ) -> InferResult:
-    """Segment one scan file and write its outputs atomically (nothing is left behind on failure)."""
+    """Segment one scan (file or DICOM folder) and write its outputs atomically (nothing is left behind on failure).
+
+    ``output_format``: ``nifti`` (label NIfTI), ``dicom-seg`` (DICOM SEG referencing the source
+    series), or ``nifti+dicom-seg`` (both).
+    """
     from medseg.io import read_volume
 
     t_start = time.perf_counter()
     input_path = Path(input_path)
-    paths = output_paths(input_path, output)
+    paths = output_paths(input_path, output, output_format)
     progress.stage("read")
     volume = read_volume(input_path)
+    if paths.get("dicom_seg") is not None:
+        check_dicom_seg_input(volume)
     timings = {"read": time.perf_counter() - t_start}
     segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device)
     timings["model_load"] = 0.0 if isinstance(model, Segmenter) else segmenter.load_seconds
@@ -250,7 +305,7 @@ def infer_file(
     outputs, label_counts = write_outputs(input_path, result, segmenter, paths, stats, preview, timings)
     return InferResult(
         input_path,
-        paths["labels"],
+        paths["labels"] if paths.get("labels") is not None else paths["dicom_seg"],
         paths["sidecar"],
         outputs,
         label_counts,
@@ -259,6 +314,21 @@ def infer_file(
         segmenter.spec.name,
         segmenter.device,
     )
+
+
+def _dicom_input(volume: Volume) -> dict:
+    dicom = volume.meta.get("dicom")
+    if not dicom:
+        return {}
+    keys = ("stack_id", "series_instance_uid", "study_instance_uid", "series_number", "series_description")
+    return {
+        "dicom": {
+            **{k: dicom.get(k) for k in keys},
+            "resampled": dicom.get("resampled"),
+            "n_files": len(dicom.get("files", [])),
+        },
+        "warnings": list(volume.meta.get("warnings", [])),
+    }
 
 
 def _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs, timings, sha256_of) -> dict:
@@ -275,6 +345,7 @@ def _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs,
             "spacing_mm": [round(s, 6) for s in volume.spacing],
             "orientation": "".join(volume.axcodes),
             "affine": volume.affine.tolist(),
+            **_dicom_input(volume),
         },
         "model": {
             "name": spec.name,

@@ -25,6 +25,23 @@ def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple
     return out, sp
 
 
+def _informative_centre(lab: np.ndarray) -> tuple[int, int, int]:
+    """Per axis, the plane showing the most distinct labels, nearest the labels' centre of mass."""
+    coords = np.nonzero(lab)
+    if not coords[0].size:
+        return tuple(int(n // 2) for n in lab.shape)
+    values = lab[coords].astype(np.int64)
+    n_labels = int(values.max()) + 1
+    centre = []
+    for axis, n in enumerate(lab.shape):
+        pairs = np.unique(coords[axis].astype(np.int64) * n_labels + values)
+        distinct = np.bincount(pairs // n_labels, minlength=n)
+        mass = float(coords[axis].mean())
+        best = np.flatnonzero(distinct == distinct.max())
+        centre.append(int(best[np.argmin(np.abs(best - mass))]))
+    return tuple(centre)
+
+
 def _window(data: np.ndarray, modality: str | None) -> np.ndarray:
     is_ct = (modality or "").upper() == "CT" or (modality is None and data.min() < -500)
     if is_ct:
@@ -55,8 +72,7 @@ def render_preview(
     data = image.array if image.array.ndim == 3 else image.array[..., 0]
     img, sp = _canonical(np.asarray(data), image.affine)
     lab, _ = _canonical(labels, image.affine)
-    fg = np.argwhere(lab > 0)
-    centre = tuple(int(v) for v in (fg.mean(axis=0) if len(fg) else np.asarray(lab.shape) // 2))
+    centre = _informative_centre(lab)
     gray = _window(img, image.meta.get("modality"))
     lut = np.zeros((max(max(colors, default=0), int(lab.max())) + 1, 3), np.float32)
     for index, rgb in colors.items():

@@ -1,0 +1,899 @@
+"""DICOM series in: discovery, grouping into stacks, geometry checks, and reading to a Volume.
+
+A folder is scanned recursively; every image (a classic single-frame file, each frame of an
+enhanced multi-frame object, each tile of a Siemens mosaic) becomes a :class:`Frame`. Frames are
+grouped by SeriesInstanceUID and split further into :class:`Stack` s wherever SeriesNumber,
+matrix, pixel spacing, orientation, image type or echo differ (localizers, magnitude/phase,
+echoes). A stack's slices are ordered by position along the slice normal; spacing comes from the
+positions; several images per position make a multi-volume (4D) stack.
+
+Bad geometry is never stacked silently: missing slices or uneven gaps raise unless the caller
+asks to resample; gantry tilt is resampled onto an orthogonal grid with a warning (or kept in
+a sheared affine); a single 2D image, a stack whose slices sit at one position, mixed
+orientations and colour images are refused with a reason.
+
+Example:
+    >>> scan = scan_dicom("study/")  # doctest: +SKIP
+    >>> [s.id for s in scan.stacks]  # doctest: +SKIP
+    ['1.2.840...']
+    >>> volume = read_dicom("study/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.io.dicom_geometry import (
+    StackGeometry,
+    analyze_stack,
+    describe_gaps,
+    lps_affine,
+    regularize,
+    slice_normal,
+    untilt,
+)
+from medseg.volume import Volume
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+# files that are certainly not DICOM: skipped without being opened
+_NOT_DICOM_SUFFIXES = (
+    ".nii",
+    ".nii.gz",
+    ".json",
+    ".txt",
+    ".md",
+    ".nrrd",
+    ".nhdr",
+    ".mha",
+    ".mhd",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".csv",
+    ".py",
+    ".sh",
+    ".bval",
+    ".bvec",
+    ".xml",
+    ".html",
+    ".pdf",
+    ".zip",
+)
+_DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+_NON_IMAGE_SOP_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.66": "segmentation / registration object",
+    "1.2.840.10008.5.1.4.1.1.481": "radiotherapy object",
+    "1.2.840.10008.5.1.4.1.1.88": "structured report",
+    "1.2.840.10008.5.1.4.1.1.11": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.104": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.9": "waveform",
+}
+_LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "SURVEY", "TOPOGRAM"}
+_PATIENT_KEYS = ("PatientName", "PatientID")
+
+
+class DicomWarning(UserWarning):
+    """Something the user should know about how a series was read (tilt corrected, series picked)."""
+
+    medseg_warning = True
+
+
+def _warn(message: str, warnings_list: list[str] | None = None) -> None:
+    if warnings_list is not None:
+        warnings_list.append(message)
+    warnings.warn(message, DicomWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.name.lower().endswith(".gz") and _is_gzip(path) else open(path, "rb")
+
+
+def is_dicom_file(path: Path) -> bool:
+    """A file with the DICM preamble (also inside ``.gz``) or a ``.dcm``/``.ima`` name."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    name = path.name.lower()
+    if name.endswith((".dcm", ".dcm.gz", ".ima", ".dicom")):
+        return True
+    if name.endswith(_NOT_DICOM_SUFFIXES):
+        return False
+    try:
+        with _open(path) as fh:
+            head = fh.read(132)
+    except (OSError, EOFError):
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_input(path: Path) -> bool:
+    """Registry test: a folder (scanned for DICOM when read) or a DICOM file."""
+    path = Path(path)
+    return path.is_dir() or is_dicom_file(path)
+
+
+def _read_header(path: Path):
+    """Header without pixel data, or ``None`` if the file is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with _open(path) as fh:
+            try:
+                return pydicom.dcmread(fh, stop_before_pixels=True)
+            except InvalidDicomError:
+                fh.seek(0)
+                ds = pydicom.dcmread(fh, stop_before_pixels=True, force=True)
+                # without a preamble, accept only what is clearly a DICOM image header
+                return ds if "SOPClassUID" in ds and "SOPInstanceUID" in ds else None
+    except (InvalidDicomError, EOFError, OSError, gzip.BadGzipFile):
+        return None
+    except Exception:  # noqa: BLE001 - pydicom raises many types on garbage; such a file is not DICOM to us
+        return None
+
+
+# ----------------------------------------------------------------------------------------------
+# Frames and stacks
+
+
+@dataclass
+class Frame:
+    """One 2D image: a single-frame file, one frame of a multi-frame file, or one mosaic tile."""
+
+    path: Path
+    frame: int | None
+    mosaic: int | None
+    sop_instance_uid: str
+    rows: int
+    cols: int
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    pixel_spacing: tuple[float, float] | None
+    slope: float
+    intercept: float
+    volume_key: tuple
+
+
+@dataclass
+class Stack:
+    """Frames that can form one (3D or 4D) volume: one series, or one part of a series.
+
+    ``id`` is the SeriesInstanceUID, with ``#N`` appended when the series splits into several stacks.
+    """
+
+    id: str
+    info: dict[str, Any]
+    frames: list[Frame]
+    split: dict[str, Any]
+    problem: str | None = None
+
+    @property
+    def series_uid(self) -> str:
+        return self.info["SeriesInstanceUID"]
+
+    @property
+    def orientation(self) -> np.ndarray | None:
+        return self.frames[0].orientation
+
+    @property
+    def is_localizer(self) -> bool:
+        return bool(_LOCALIZER_TYPES & set(self.split.get("image_type") or ()))
+
+    @cached_property
+    def geometry(self) -> StackGeometry:
+        if self.problem:
+            return StackGeometry(problem=self.problem)
+        positions = np.array([f.position for f in self.frames])
+        return analyze_stack(positions, self.orientation, [f.volume_key for f in self.frames])
+
+    @property
+    def error(self) -> str | None:
+        """Why this stack cannot be read as a volume (irregular spacing counts: it needs a flag)."""
+        return self.problem or self.geometry.problem
+
+    @property
+    def is_candidate(self) -> bool:
+        """Could be the scan the user means: a readable volume, not a localizer."""
+        return self.error is None and not self.is_localizer
+
+    def describe(self) -> str:
+        desc = self.info.get("SeriesDescription") or "no description"
+        return f"{self.id} ({self.info.get('Modality') or '?'}, {desc}, {len(self.frames)} images)"
+
+    def summary(self, show_patient: bool = False) -> dict[str, Any]:
+        """What ``medseg series`` prints for this stack."""
+        g = self.geometry
+        row = {
+            "series": self.id,
+            "series_number": self.info.get("SeriesNumber"),
+            "modality": self.info.get("Modality") or "",
+            "description": self.info.get("SeriesDescription") or "",
+            "images": len(self.frames),
+            "slices": g.n_slices or None,
+            "volumes": g.n_volumes or None,
+            "matrix": [self.frames[0].cols, self.frames[0].rows] + ([g.n_slices] if g.n_slices else []),
+            "spacing_mm": None,
+            "orientation": None,
+            "transfer_syntax": self.info.get("TransferSyntax"),
+            "sop_class": self.info.get("SOPClassName"),
+            "problem": self.error,
+            "notes": [],
+            "folder": self.info.get("folder"),
+        }
+        f0 = self.frames[0]
+        if f0.pixel_spacing is not None and f0.orientation is not None:
+            spacing = [float(f0.pixel_spacing[1]), float(f0.pixel_spacing[0])]
+            if g.n_slices > 1:
+                spacing.append(round(g.slice_spacing, 4))
+            row["spacing_mm"] = [round(s, 4) for s in spacing]
+            row["orientation"] = _orientation_label(f0.orientation)
+        if g.n_volumes > 1 and not g.problem:
+            row["notes"].append(f"{g.n_volumes} volumes (4D)")
+        if g.irregular:
+            row["notes"].append(f"uneven slice gaps ({describe_gaps(g.gaps)}): needs --resample-irregular")
+        if g.tilted:
+            row["notes"].append(f"gantry tilt {g.tilt_deg:.2f} deg (resampled on read)")
+        if self.is_localizer:
+            row["notes"].append("localizer")
+        if self.info.get("mosaic"):
+            row["notes"].append("Siemens mosaic")
+        if show_patient:
+            row["patient_name"] = self.info.get("PatientName", "")
+            row["patient_id"] = self.info.get("PatientID", "")
+        return row
+
+
+def _orientation_label(orientation: np.ndarray) -> str:
+    import nibabel as nib
+
+    affine = _LPS_TO_RAS @ lps_affine(orientation, (1.0, 1.0), np.zeros(3), slice_normal(orientation))
+    codes = "".join(nib.aff2axcodes(affine))
+    cosines = np.abs(affine[:3, :3])
+    oblique = float(np.degrees(np.arccos(np.clip(cosines.max(axis=0).min(), -1, 1))))
+    return codes if oblique < 0.5 else f"{codes} (oblique {oblique:.1f} deg)"
+
+
+@dataclass
+class DicomScan:
+    """Everything found under a path: the stacks, non-image objects and skipped files."""
+
+    root: Path
+    stacks: list[Stack] = field(default_factory=list)
+    non_images: list[tuple[Path, str]] = field(default_factory=list)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    n_files: int = 0
+
+    @property
+    def candidates(self) -> list[Stack]:
+        return [s for s in self.stacks if s.is_candidate]
+
+
+def _as_float_list(value, n: int) -> np.ndarray | None:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return arr if arr.shape == (n,) and np.all(np.isfinite(arr)) else None
+
+
+def _num(value, default=None):
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return default
+    return out if math.isfinite(out) else default
+
+
+def _int(value, default=None):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _first(seq_owner, keyword: str):
+    seq = getattr(seq_owner, keyword, None) if seq_owner is not None else None
+    return seq[0] if seq else None
+
+
+def _series_info(ds, path: Path) -> dict[str, Any]:
+    from pydicom.uid import UID
+
+    sop = str(ds.get("SOPClassUID", ""))
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    info = {
+        "SeriesInstanceUID": str(ds.get("SeriesInstanceUID", "") or ""),
+        "StudyInstanceUID": str(ds.get("StudyInstanceUID", "") or ""),
+        "FrameOfReferenceUID": str(ds.get("FrameOfReferenceUID", "") or ""),
+        "SeriesNumber": _int(ds.get("SeriesNumber")),
+        "SeriesDescription": str(ds.get("SeriesDescription", "") or ""),
+        "Modality": str(ds.get("Modality", "") or ""),
+        "Manufacturer": str(ds.get("Manufacturer", "") or ""),
+        "SOPClassUID": sop,
+        "SOPClassName": UID(sop).name if sop else "",
+        "TransferSyntax": UID(str(ts)).name if ts else "",
+        "PatientName": str(ds.get("PatientName", "") or ""),
+        "PatientID": str(ds.get("PatientID", "") or ""),
+        "folder": str(path.parent),
+    }
+    if not info["SeriesInstanceUID"]:
+        # no UID: files of one folder with the same series number and description belong together
+        info["SeriesInstanceUID"] = f"no-uid:{path.parent.name}:{info['SeriesNumber']}:{info['SeriesDescription']}"
+    return info
+
+
+def _image_type(value) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = value.split("\\")
+    return tuple(str(v).strip().upper() for v in value)
+
+
+def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
+    """Frames of one file, their split keys, and a problem that makes the whole file unusable."""
+    rows, cols = _int(ds.get("Rows")), _int(ds.get("Columns"))
+    problem = None
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        problem = f"is a colour image ({ds.get('PhotometricInterpretation', 'RGB')}); medseg segments greyscale volumes"
+    instance = _int(ds.get("InstanceNumber"), 0)
+    sop_uid = str(ds.get("SOPInstanceUID", path.name))
+    n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
+    if "PerFrameFunctionalGroupsSequence" in ds:
+        frames, keys = _enhanced_frames(ds, path, rows, cols, sop_uid, instance)
+        return frames, keys, problem
+    if n_frames > 1:
+        problem = problem or f"multi-frame object with {n_frames} frames but no per-frame geometry"
+    position = _as_float_list(ds.get("ImagePositionPatient"), 3)
+    orientation = _as_float_list(ds.get("ImageOrientationPatient"), 6)
+    spacing = _as_float_list(ds.get("PixelSpacing"), 2)
+    key_common = {
+        "image_type": _image_type(ds.get("ImageType")),
+        "echo": _num(ds.get("EchoNumbers")),
+    }
+    slope, intercept = _num(ds.get("RescaleSlope"), 1.0), _num(ds.get("RescaleIntercept"), 0.0)
+    volume_key = (
+        _int(ds.get("TemporalPositionIdentifier"), 0),
+        _int(ds.get("AcquisitionNumber"), 0),
+        instance,
+        str(path),
+    )
+    if "MOSAIC" in key_common["image_type"] and problem is None:
+        return _mosaic_frames(ds, path, sop_uid, spacing, slope, intercept, volume_key, key_common)
+    frame = Frame(
+        path, None, None, sop_uid, rows, cols, position, orientation, _spacing(spacing), slope, intercept, volume_key
+    )
+    return [frame], [key_common], problem
+
+
+def _spacing(arr) -> tuple[float, float] | None:
+    return None if arr is None else (float(arr[0]), float(arr[1]))
+
+
+def _enhanced_frames(ds, path, rows, cols, sop_uid, instance):
+    shared = _first(ds, "SharedFunctionalGroupsSequence")
+    frames, keys = [], []
+    for index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+
+        def group(name, item=item):
+            return _first(item, name) or _first(shared, name)
+
+        pos = group("PlanePositionSequence")
+        ori = group("PlaneOrientationSequence")
+        meas = group("PixelMeasuresSequence")
+        pvt = group("PixelValueTransformationSequence")
+        content = _first(item, "FrameContentSequence")
+        ftype = group("MRImageFrameTypeSequence") or group("CTImageFrameTypeSequence") or group("FrameTypeSequence")
+        echo = group("MREchoSequence")
+        dims = tuple(int(v) for v in (content.get("DimensionIndexValues") or [])) if content is not None else ()
+        if isinstance(content.get("DimensionIndexValues") if content is not None else None, int):
+            dims = (int(content.DimensionIndexValues),)
+        # images at one position become volumes in file order (instance, then frame), as dcm2niix does
+        volume_key = (instance, index, dims)
+        frames.append(
+            Frame(
+                path,
+                index,
+                None,
+                sop_uid,
+                rows,
+                cols,
+                _as_float_list(pos.get("ImagePositionPatient"), 3) if pos is not None else None,
+                _as_float_list(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
+                _spacing(_as_float_list(meas.get("PixelSpacing"), 2) if meas is not None else None),
+                _num(pvt.get("RescaleSlope"), 1.0) if pvt is not None else 1.0,
+                _num(pvt.get("RescaleIntercept"), 0.0) if pvt is not None else 0.0,
+                volume_key,
+            )
+        )
+        keys.append(
+            {
+                "image_type": _image_type(ftype.get("FrameType"))
+                if ftype is not None
+                else _image_type(ds.get("ImageType")),
+                "echo": _num(echo.get("EffectiveEchoTime")) if echo is not None else None,
+                "stack": str(content.get("StackID", "")) if content is not None else "",
+            }
+        )
+    return frames, keys
+
+
+def _mosaic_frames(ds, path, sop_uid, spacing, slope, intercept, volume_key, key_common):
+    """Siemens mosaic: one tile per slice, positioned with the CSA header (via nibabel)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from nibabel.nicom import dicomwrappers
+
+        try:
+            wrapper = dicomwrappers.MosaicWrapper(ds)
+            n_tiles = int(wrapper.n_mosaic)
+            first = np.asarray(wrapper.image_position, float)
+            normal = np.asarray(wrapper.slice_normal, float)
+            tile_rows, tile_cols = wrapper.image_shape[:2]
+        except Exception as err:  # noqa: BLE001 - a broken CSA header
+            frame = Frame(path, None, None, sop_uid, 0, 0, None, None, None, slope, intercept, volume_key)
+            return [frame], [key_common], f"is a Siemens mosaic whose CSA header cannot be read ({err})"
+    dz = _num(ds.get("SpacingBetweenSlices")) or _num(ds.get("SliceThickness"))
+    orientation = _as_float_list(ds.get("ImageOrientationPatient"), 6)
+    if dz is None or orientation is None:
+        frame = Frame(path, None, None, sop_uid, 0, 0, None, None, None, slope, intercept, volume_key)
+        return [frame], [key_common], "is a Siemens mosaic without slice spacing or orientation"
+    frames = [
+        Frame(
+            path,
+            None,
+            k,
+            sop_uid,
+            int(tile_rows),
+            int(tile_cols),
+            first + k * dz * normal,
+            orientation,
+            _spacing(spacing),
+            slope,
+            intercept,
+            volume_key,
+        )
+        for k in range(n_tiles)
+    ]
+    return frames, [dict(key_common, mosaic=True)] * n_tiles, None
+
+
+def _walk(root: Path, recursive: bool, first: Path | None = None) -> Iterable[Path]:
+    if root.is_file():
+        yield root
+        return
+    if not recursive:
+        # the named file first, so that it wins over copies of the same image (other transfer syntaxes)
+        files = sorted(p for p in root.iterdir() if p.is_file())
+        yield from sorted(files, key=lambda p: p != first)
+        return
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                yield Path(folder) / name
+
+
+def scan_dicom(path: str | Path, recursive: bool = True, first: Path | None = None) -> DicomScan:
+    """Find every DICOM image under ``path`` and group the images into stacks.
+
+    Nothing but headers is read. Files that are not DICOM are listed in ``skipped``;
+    SEG/RTSTRUCT/SR and other non-image objects in ``non_images``.
+    """
+    root = Path(path)
+    scan = DicomScan(root)
+    by_key: dict[tuple, list[tuple[Frame, dict, dict, str | None]]] = {}
+    seen_sops: set[tuple[str, int | None]] = set()
+    for file in _walk(root, recursive, first):
+        scan.n_files += 1
+        if file.name.lower().endswith(_NOT_DICOM_SUFFIXES) or file.name.upper() == "DICOMDIR":
+            scan.skipped.append((file, "not DICOM"))
+            continue
+        ds = _read_header(file)
+        if ds is None:
+            scan.skipped.append((file, "not DICOM"))
+            continue
+        sop_class = str(ds.get("SOPClassUID", ""))
+        media = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", ""))
+        if _DICOMDIR_SOP in (sop_class, media):
+            scan.skipped.append((file, "DICOMDIR"))
+            continue
+        kind = next((v for k, v in _NON_IMAGE_SOP_PREFIXES.items() if sop_class.startswith(k)), None)
+        if kind or "Rows" not in ds or "Columns" not in ds:
+            scan.non_images.append((file, kind or "no image data"))
+            continue
+        info = _series_info(ds, file)
+        try:
+            frames, keys, problem = _frames_of(ds, file)
+        except Exception as err:  # noqa: BLE001 - a malformed header
+            scan.skipped.append((file, f"unreadable header ({type(err).__name__}: {str(err)[:80]})"))
+            continue
+        for frame, key in zip(frames, keys):
+            dedupe = (frame.sop_instance_uid, frame.frame, frame.mosaic)
+            if dedupe in seen_sops:
+                continue  # the same image saved twice
+            seen_sops.add(dedupe)
+            split = {
+                "series_number": info["SeriesNumber"],
+                "matrix": (frame.rows, frame.cols),
+                "pixel_spacing": None
+                if frame.pixel_spacing is None
+                else tuple(round(s, 4) for s in frame.pixel_spacing),
+                **{k: v for k, v in key.items() if k != "mosaic"},
+            }
+            group_key = (info["SeriesInstanceUID"], tuple(sorted((k, repr(v)) for k, v in split.items())))
+            by_key.setdefault(group_key, []).append(
+                (frame, split, info if key.get("mosaic") is None else dict(info, mosaic=True), problem)
+            )
+    scan.stacks = _build_stacks(by_key)
+    return scan
+
+
+def _cluster_orientations(items):
+    """Split frames whose orientations differ by more than 1e-3 (direction cosines)."""
+    clusters: list[tuple[np.ndarray | None, list]] = []
+    for item in items:
+        ori = item[0].orientation
+        for ref, members in clusters:
+            if (ref is None and ori is None) or (
+                ref is not None and ori is not None and np.abs(ref - ori).max() < 1e-3
+            ):
+                members.append(item)
+                break
+        else:
+            clusters.append((ori, [item]))
+    return [members for _, members in clusters]
+
+
+def _build_stacks(by_key) -> list[Stack]:
+    per_series: dict[str, list[Stack]] = {}
+    for (series_uid, _), items in by_key.items():
+        for members in _cluster_orientations(items):
+            frames = [m[0] for m in members]
+            problems = [m[3] for m in members if m[3]]
+            split = dict(members[0][1])
+            info = members[0][2]
+            problem = problems[0] if problems else None
+            if problem is None and any(f.position is None or f.orientation is None for f in frames):
+                problem = "images lack ImagePositionPatient/ImageOrientationPatient (not a volume)"
+            if problem is None and any(f.pixel_spacing is None for f in frames):
+                problem = "images lack PixelSpacing"
+            per_series.setdefault(series_uid, []).append(Stack(series_uid, info, frames, split, problem))
+    stacks = []
+    for series_uid, group in per_series.items():
+        group.sort(key=lambda s: -len(s.frames))  # stable: ties keep first-seen order
+        if len(group) > 1:
+            for i, stack in enumerate(group, start=1):
+                stack.id = f"{series_uid}#{i}"
+        stacks.extend(group)
+    stacks.sort(key=lambda s: (s.info["folder"], s.info.get("SeriesNumber") or 0, s.id))
+    return stacks
+
+
+# ----------------------------------------------------------------------------------------------
+# Choosing a stack
+
+
+def _listing(stacks: list[Stack], limit: int = 6) -> str:
+    shown = "; ".join(s.describe() for s in stacks[:limit])
+    return shown + (f"; and {len(stacks) - limit} more" if len(stacks) > limit else "")
+
+
+def select_stack(scan: DicomScan, series: str | None = None, notes: list[str] | None = None) -> Stack:
+    """The stack to read: the one named by ``series``, or the primary one.
+
+    ``series`` may be a stack id (``UID`` or ``UID#N`` as ``medseg series`` prints), a
+    SeriesInstanceUID, or a SeriesNumber. Without it, the rule is: the only stack that can be read
+    as a volume (localizers, single images, non-image objects and broken stacks are set aside).
+    When several could be the scan, nothing is guessed: the error lists them.
+    """
+    path = scan.root
+    if not scan.stacks:
+        if scan.non_images:
+            kinds = sorted({k for _, k in scan.non_images})
+            raise InputError(f"holds no DICOM images, only non-image objects ({', '.join(kinds)})", path)
+        if scan.skipped or scan.n_files:
+            names = ", ".join(p.name for p, _ in scan.skipped[:3])
+            raise InputError(
+                f"holds no readable image: none of its {scan.n_files} file(s) is DICOM ({names}"
+                f"{'...' if len(scan.skipped) > 3 else ''}); give a DICOM folder or a NIfTI file",
+                path,
+            )
+        raise InputError("holds no readable image (the folder is empty)", path)
+    if series is not None:
+        chosen = [s for s in scan.stacks if s.id == series]
+        if not chosen:
+            chosen = [s for s in scan.stacks if s.series_uid == series]
+        if not chosen and str(series).isdigit():
+            chosen = [s for s in scan.stacks if s.info.get("SeriesNumber") == int(series)]
+        if not chosen:
+            raise InputError(
+                f"no series '{series}' here; available: {_listing(scan.stacks)} (see `medseg series`)", path
+            )
+        if len(chosen) > 1:
+            usable = [s for s in chosen if s.is_candidate]
+            if len(usable) != 1:
+                raise InputError(
+                    f"'{series}' matches {len(chosen)} stacks; name one with --series: {_listing(chosen)}", path
+                )
+            chosen = usable
+        return chosen[0]
+    if len(scan.stacks) == 1:
+        return scan.stacks[0]
+    candidates = scan.candidates
+    if len(candidates) == 1:
+        others = len(scan.stacks) - 1
+        message = (
+            f"{path}: using series {candidates[0].describe()}; {others} other stack(s) set aside "
+            "(localizers, single images or unreadable); see `medseg series`"
+        )
+        _warn(message, notes)
+        return candidates[0]
+    if not candidates:
+        biggest = max(scan.stacks, key=lambda s: len(s.frames))
+        raise InputError(
+            f"none of the {len(scan.stacks)} stacks here is a readable volume; the largest, "
+            f"{biggest.describe()}, {biggest.error or 'is a localizer'}",
+            path,
+        )
+    raise InputError(
+        f"holds {len(candidates)} series that could be the scan; choose one with --series "
+        f"(or give one file of it): {_listing(candidates)}",
+        path,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Pixels
+
+
+class _PixelCache:
+    """Decoded pixel arrays per file: ``(frames, rows, cols)``, stored values (no rescale)."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[Path, np.ndarray] = {}
+
+    def get(self, frame: Frame) -> np.ndarray:
+        arr = self._arrays.get(frame.path)
+        if arr is None:
+            arr = self._decode(frame.path)
+            self._arrays = {frame.path: arr} if len(self._arrays) > 8 else {**self._arrays, frame.path: arr}
+        if frame.mosaic is not None:
+            return _mosaic_tile(arr[0], frame.mosaic, frame.rows, frame.cols)
+        return arr[frame.frame or 0]
+
+    @staticmethod
+    def _decode(path: Path) -> np.ndarray:
+        import pydicom
+
+        try:
+            with _open(path) as fh:
+                ds = pydicom.dcmread(fh, force=True)
+        except Exception as err:  # noqa: BLE001
+            raise InputError(f"cannot read the file ({type(err).__name__}: {str(err)[:120]})", path) from None
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                arr = ds.pixel_array
+        except Exception as err:  # noqa: BLE001 - decoder errors come in many types
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            name = ts.name if ts is not None else "unknown transfer syntax"
+            raise InputError(
+                f"cannot decode the pixel data ({name}): {first}. Compressed DICOM needs the decoders "
+                "pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle and pyjpegls (or python-gdcm)",
+                path,
+            ) from None
+        n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3 or arr.shape[0] != n_frames:
+            raise InputError(f"decoded pixel data has shape {arr.shape}, expected {n_frames} frame(s)", path)
+        if arr.dtype.byteorder not in ("=", "|"):
+            arr = arr.astype(arr.dtype.newbyteorder("="))
+        return arr
+
+
+def _mosaic_tile(mosaic: np.ndarray, k: int, rows: int, cols: int) -> np.ndarray:
+    per_row = mosaic.shape[1] // cols
+    r, c = divmod(k, per_row)
+    return mosaic[r * rows : (r + 1) * rows, c * cols : (c + 1) * cols]
+
+
+def _output_dtype(frames: list[Frame], stored: np.dtype, lo: float, hi: float) -> np.dtype:
+    slopes = {f.slope for f in frames}
+    intercepts = {f.intercept for f in frames}
+    if stored.kind == "f":
+        return np.dtype(np.float32)
+    if slopes == {1.0} and intercepts == {0.0}:
+        return stored
+    if slopes == {1.0} and all(float(i).is_integer() for i in intercepts):
+        for dtype in (np.int16, np.uint16, np.int32):
+            info = np.iinfo(dtype)
+            if info.min <= lo and hi <= info.max:
+                return np.dtype(dtype)
+    return np.dtype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_stack(
+    stack: Stack, resample_irregular: bool = False, keep_tilt: bool = False, source: Path | None = None
+) -> Volume:
+    """Decode a stack into a :class:`Volume` (RAS affine; 4D as ``(i, j, k, volume)``).
+
+    Raises:
+        InputError: the stack is not a volume, or its spacing is uneven and ``resample_irregular``
+            is false.
+    """
+    path = Path(source or stack.info["folder"])
+    if stack.error:
+        raise InputError(f"series {stack.id}: {stack.error}", path)
+    geom = stack.geometry
+    notes: list[str] = []
+    if geom.irregular and not resample_irregular:
+        raise InputError(
+            f"series {stack.id}: slice spacing is not uniform (gaps {describe_gaps(geom.gaps)}; a missing slice?); "
+            "rerun with --resample-irregular to interpolate onto an even grid",
+            path,
+        )
+    cache = _PixelCache()
+    f0 = stack.frames[0]
+    n_vol, n_slices = geom.n_volumes, geom.n_slices
+    first_pixels = cache.get(stack.frames[geom.order[0][0]])
+    integral = all(f.slope == 1.0 and float(f.intercept).is_integer() for f in stack.frames)
+    wide = np.int64 if first_pixels.dtype.itemsize >= 4 else np.int32
+    work_dtype = wide if integral and first_pixels.dtype.kind in "iu" else np.float32
+    data = np.empty((f0.cols, f0.rows, n_slices, n_vol), dtype=work_dtype)
+    for v, volume_order in enumerate(geom.order):
+        for k, index in enumerate(volume_order):
+            frame = stack.frames[index]
+            pixels = cache.get(frame)
+            if pixels.shape != (f0.rows, f0.cols):
+                raise InputError(f"frame {index} has shape {pixels.shape}, expected {(f0.rows, f0.cols)}", frame.path)
+            if work_dtype is np.float32:
+                data[:, :, k, v] = pixels.T.astype(np.float64) * frame.slope + frame.intercept
+            else:
+                data[:, :, k, v] = pixels.T.astype(work_dtype) + int(frame.intercept)
+    dtype = _output_dtype(stack.frames, first_pixels.dtype, float(data.min()), float(data.max()))
+    if dtype != data.dtype:
+        data = data.astype(dtype)
+    orientation = stack.orientation
+    normal = slice_normal(orientation)
+    positions = geom.positions
+    step = geom.step
+    resampled = None
+    if geom.irregular:
+        along = positions @ normal
+        data, new_spacing = regularize(data, along)
+        step = step * (new_spacing / float(step @ normal))
+        resampled = "irregular spacing"
+        _warn(
+            f"{path}: series {stack.id}: uneven slice gaps ({describe_gaps(geom.gaps)}) interpolated onto "
+            f"{data.shape[2]} slices {new_spacing:.4g} mm apart",
+            notes,
+        )
+    affine = lps_affine(orientation, f0.pixel_spacing, positions[0], step)
+    if geom.tilted:
+        if keep_tilt:
+            _warn(f"{path}: series {stack.id}: gantry tilt {geom.tilt_deg:.2f} deg kept in a sheared affine", notes)
+        else:
+            fill = float(np.min(data))
+            data, affine = untilt(data, affine, orientation, fill)
+            resampled = "gantry tilt" if resampled is None else resampled + " + gantry tilt"
+            _warn(
+                f"{path}: series {stack.id}: gantry tilt {geom.tilt_deg:.2f} deg; resampled onto an orthogonal grid "
+                f"({data.shape[0]}x{data.shape[1]} in-plane); use --keep-tilt to keep the sheared geometry",
+                notes,
+            )
+    if resampled and dtype.kind in "iu":
+        data = np.rint(data).astype(dtype)  # interpolated, back to the scanner's integer type
+    if n_vol == 1:
+        data = data[..., 0]
+    meta = _volume_meta(stack, geom, resampled, notes)
+    return Volume(np.ascontiguousarray(data), _LPS_TO_RAS @ affine, meta)
+
+
+def _volume_meta(stack: Stack, geom: StackGeometry, resampled: str | None, notes: list[str]) -> dict[str, Any]:
+    info = stack.info
+    frames = [stack.frames[i] for i in geom.order[0]]
+    dicom = {
+        "stack_id": stack.id,
+        "series_instance_uid": info["SeriesInstanceUID"],
+        "study_instance_uid": info["StudyInstanceUID"],
+        "frame_of_reference_uid": info["FrameOfReferenceUID"],
+        "series_number": info["SeriesNumber"],
+        "series_description": info["SeriesDescription"],
+        "sop_class_uid": info["SOPClassUID"],
+        "manufacturer": info["Manufacturer"],
+        "n_volumes": geom.n_volumes,
+        "on_source_grid": resampled is None and not stack.info.get("mosaic"),
+        "resampled": resampled,
+        "tilt_deg": round(geom.tilt_deg, 4),
+        "files": sorted({str(f.path) for f in stack.frames}),
+        # the first volume's frames in slice order: what a DICOM SEG must reference
+        "frames": [
+            {
+                "path": str(f.path),
+                "frame": f.frame,
+                "mosaic": f.mosaic,
+                "sop_instance_uid": f.sop_instance_uid,
+                "position": [float(x) for x in f.position],
+                "orientation": [float(x) for x in f.orientation],
+                "pixel_spacing": list(f.pixel_spacing),
+                "rows": f.rows,
+                "cols": f.cols,
+            }
+            for f in frames
+        ],
+    }
+    return {
+        "format": "dicom",
+        "modality": info["Modality"],
+        "dicom": dicom,
+        "warnings": list(notes),
+    }
+
+
+def read_dicom(
+    path: str | Path,
+    series: str | None = None,
+    resample_irregular: bool = False,
+    keep_tilt: bool = False,
+) -> Volume:
+    """Read a DICOM folder (searched recursively) or the series one DICOM file belongs to.
+
+    Args:
+        path: a folder, or one file of a series (its folder's other files of the same stack are read).
+        series: stack id, SeriesInstanceUID or SeriesNumber (see :func:`select_stack`).
+        resample_irregular: interpolate stacks with missing slices or uneven gaps onto an even grid.
+        keep_tilt: keep gantry tilt as a sheared affine instead of resampling onto an orthogonal grid.
+    """
+    path = Path(path)
+    notes: list[str] = []
+    if path.is_file():
+        scan = scan_dicom(path.parent, recursive=False, first=path)
+        own = [s for s in scan.stacks if any(f.path == path for f in s.frames)]
+        if not own:
+            kind = next((k for p, k in scan.non_images if p == path), None)
+            if kind:
+                raise InputError(f"is a DICOM {kind}, not an image volume", path)
+            why = next((k for p, k in scan.skipped if p == path), "not DICOM")
+            raise InputError(f"is not a readable DICOM image ({why})", path)
+        if series is None and len(own) > 1:
+            usable = [s for s in own if s.is_candidate]
+            if len(usable) != 1:
+                raise InputError(f"holds {len(own)} stacks; choose one with --series: {_listing(own)}", path)
+            own = usable
+        scan.stacks = own if series is None else scan.stacks
+        scan.root = path
+    else:
+        scan = scan_dicom(path)
+    stack = select_stack(scan, series, notes)
+    volume = read_stack(stack, resample_irregular=resample_irregular, keep_tilt=keep_tilt, source=path)
+    volume.meta["warnings"] = notes + volume.meta["warnings"]
+    volume.meta["source"] = str(path)
+    volume.meta["reader"] = "dicom"
+    return volume
