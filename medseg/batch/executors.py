@@ -1,0 +1,180 @@
+"""Where cases run. The runner needs only ``submit(task) -> concurrent.futures.Future`` and
+``capacity()`` (how many cases to keep in flight), so any backend with that shape plugs in.
+
+- :class:`LocalPipelineExecutor` (default): one process, the model loaded once, three stages on
+  their own threads so reading/preprocessing the next case and writing the previous one overlap
+  with inference of the current one (as nnU-Net does with background preprocessing and an export
+  pool).
+- :class:`~medseg.batch.dask_backend.DaskExecutor` (``--scheduler dask://HOST:PORT`` or
+  ``local-cluster:N``): each Dask worker loads the model once (a worker plugin) and runs whole cases.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+from collections.abc import Callable
+from typing import Protocol
+
+from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask
+from medseg.errors import MedsegError
+
+StageCallback = Callable[[str, str], None]
+
+
+class CaseExecutor(Protocol):
+    """What the batch runner needs from a backend (used as a context manager)."""
+
+    description: str
+
+    def __enter__(self) -> CaseExecutor: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def capacity(self) -> int: ...
+
+    def submit(self, task: CaseTask) -> cf.Future[CaseResult]: ...
+
+
+class LocalPipelineExecutor:
+    """Cases in one process with the model loaded once; stages overlap across cases.
+
+    Args:
+        settings: model, device and output options.
+        workers: inference streams (threads) sharing the one loaded model; None picks 2 on a CPU
+            (each with half the cores' torch threads) and 1 on a GPU.
+        processor: an already loaded :class:`CaseProcessor` (tests, or a caller that has a model).
+        on_stage: called as ``on_stage(case_id, stage)`` from worker threads.
+    """
+
+    def __init__(
+        self,
+        settings: CaseSettings,
+        workers: int | None = None,
+        processor: CaseProcessor | None = None,
+        on_stage: StageCallback | None = None,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise MedsegError(f"--workers must be at least 1 (got {workers})")
+        self.settings = settings
+        self.workers = workers or 1
+        self._auto = workers is None
+        self.processor = processor
+        self.on_stage = on_stage
+        self._pools: list[cf.ThreadPoolExecutor] = []
+
+    @property
+    def description(self) -> str:
+        return f"local, {self.workers} inference stream(s), pipelined read/infer/write"
+
+    def __enter__(self) -> LocalPipelineExecutor:
+        if self.processor is None:
+            self.processor = CaseProcessor.load(self.settings)
+        on_cpu = self.processor.segmenter.device == "cpu"
+        if self._auto:
+            # on a CPU, two streams with half the cores each keep every core busy while the other
+            # stream is in its serial parts; a GPU is best fed by one stream
+            self.workers = min(2, os.cpu_count() or 1) if on_cpu else 1
+        self._torch_threads = None
+        if self.workers > 1 and on_cpu:
+            import torch
+
+            self._torch_threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
+        self._read = cf.ThreadPoolExecutor(1, thread_name_prefix="medseg-read")
+        self._infer = cf.ThreadPoolExecutor(self.workers, thread_name_prefix="medseg-infer")
+        self._write = cf.ThreadPoolExecutor(1, thread_name_prefix="medseg-write")
+        self._pools = [self._read, self._infer, self._write]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for pool in self._pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+        if getattr(self, "_torch_threads", None):
+            import torch
+
+            torch.set_num_threads(self._torch_threads)  # leave the caller's process as it was
+
+    def capacity(self) -> int:
+        # the cases inferring, plus one being read ahead and one being written behind, plus one spare
+        return self.workers + 3
+
+    def submit(self, task: CaseTask) -> cf.Future[CaseResult]:
+        proc = self.processor
+        steps = [
+            (self._read, "reading", proc.prepare),
+            (self._infer, "inference", proc.infer),
+            (self._write, "writing", proc.finish),
+        ]
+        outer: cf.Future[CaseResult] = cf.Future()
+        outer.set_running_or_notify_cancel()
+        if self.on_stage:
+            self.on_stage(task.case_id, "queued")
+
+        def run_step(index: int, value) -> None:
+            pool, stage, fn = steps[index]
+
+            def call():
+                if self.on_stage:
+                    self.on_stage(task.case_id, stage)
+                return fn(value)
+
+            try:
+                fut = pool.submit(call)
+            except RuntimeError as err:  # pool shut down (interrupted)
+                outer.set_exception(err)
+                return
+
+            def done(f: cf.Future) -> None:
+                if f.cancelled():
+                    outer.cancel()
+                elif f.exception() is not None:
+                    outer.set_exception(f.exception())
+                elif index + 1 == len(steps):
+                    outer.set_result(f.result())
+                else:
+                    run_step(index + 1, f.result())
+
+            fut.add_done_callback(done)
+
+        run_step(0, task)
+        return outer
+
+
+def parse_scheduler(scheduler: str) -> tuple[str, str | int | None]:
+    """``local`` | ``dask://HOST:PORT`` (also ``tcp://``) | ``local-cluster:N`` -> ``(kind, arg)``."""
+    s = (scheduler or "local").strip()
+    if s == "local":
+        return "local", None
+    if s.startswith("local-cluster"):
+        _, _, n = s.partition(":")
+        try:
+            count = int(n) if n else 2
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise MedsegError(f"bad --scheduler {scheduler!r}: expected local-cluster:N with N >= 1")
+        return "local-cluster", count
+    for prefix in ("dask://", "tcp://", "tls://"):
+        if s.startswith(prefix):
+            rest = s[len(prefix) :]
+            if not rest or ":" not in rest:
+                raise MedsegError(f"bad --scheduler {scheduler!r}: expected dask://HOST:PORT")
+            return "dask", ("tcp://" if prefix == "dask://" else prefix) + rest
+    raise MedsegError(f"unknown --scheduler {scheduler!r} (expected local, dask://HOST:PORT or local-cluster:N)")
+
+
+def make_executor(
+    scheduler: str, settings: CaseSettings, workers: int | None = None, on_stage: StageCallback | None = None
+) -> CaseExecutor:
+    """The backend for ``--scheduler``; Dask is imported only when asked for."""
+    kind, arg = parse_scheduler(scheduler)
+    if kind == "local":
+        return LocalPipelineExecutor(settings, workers=workers, on_stage=on_stage)
+    try:
+        from medseg.batch.dask_backend import DaskExecutor
+    except ImportError:
+        raise MedsegError(f"--scheduler {scheduler} needs dask.distributed: pip install 'medseg[dask]'") from None
+    if kind == "local-cluster":
+        return DaskExecutor(settings, n_workers=int(arg), on_stage=on_stage)
+    return DaskExecutor(settings, address=str(arg), on_stage=on_stage)
