@@ -11,7 +11,6 @@ Everything here is plain data in and out, so it pickles to Dask workers.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 import time
@@ -21,6 +20,7 @@ from typing import Any
 
 from medseg.batch.cohort import content_sha256, stat_fingerprint
 from medseg.errors import InputError, MedsegError
+from medseg.models.checkpoints import sha256_of as file_sha256
 
 #: output kinds, in the order ``write_outputs`` writes them (the sidecar is always last)
 OUTPUT_KINDS = ("labels", "stats_csv", "stats_json", "preview", "sidecar")
@@ -70,14 +70,6 @@ class CaseResult:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def describe_output(path: str | Path) -> dict[str, Any]:
