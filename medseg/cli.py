@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -21,6 +22,14 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """medseg's own warnings (e.g. DICOM tilt corrected) as one line; others as Python prints them."""
+    if getattr(category, "medseg_warning", False):
+        click.echo(f"medseg: warning: {message}", err=True)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def handle_errors(fn):
     """Turn MedsegError (and other failures) into one line and exit code 1 unless --debug."""
 
@@ -29,7 +38,10 @@ def handle_errors(fn):
         ctx = click.get_current_context()
         debug = bool(ctx.find_root().params.get("debug"))
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", UserWarning)
+                warnings.showwarning = _show_warning
+                return fn(*args, **kwargs)
         except MedsegError as err:
             if debug:
                 raise
@@ -37,7 +49,12 @@ def handle_errors(fn):
         except MemoryError:
             if debug:
                 raise
-            _fail("out of memory; try a smaller --roi or a machine with more RAM")
+            _fail("out of memory; close other programs or use a machine with more RAM")
+        except OSError as err:  # permissions, full disk, ...: name the file the system named
+            if debug:
+                raise
+            where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+            _fail(f"{where}{err.strerror or err}")
         except KeyboardInterrupt:
             _fail("interrupted")
         except (click.exceptions.Exit, click.ClickException, SystemExit):
@@ -75,14 +92,43 @@ def main(debug: bool) -> None:
 @click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
 @click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary line.")
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["nifti", "dicom-seg", "nifti+dicom-seg"]),
+    default="nifti",
+    show_default=True,
+    help="Label NIfTI, a DICOM SEG referencing the source series (DICOM input), or both.",
+)
+@click.option(
+    "--gpu-memory",
+    default=None,
+    help="GPU memory budget for the planner: 12GB, 24GB, <N>GB or auto (free memory now; the default).",
+)
+@click.option("--host-memory", default=None, help="Host RAM budget for the planner, e.g. 6GB (default: available RAM).")
+@click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
 @handle_errors
-def infer(input_path, output, model, device, stats, preview, overlap, quiet) -> None:
-    """Segment INPUT (.nii/.nii.gz, .nrrd, .mha) and write a label NIfTI on its exact grid.
+def infer(
+    input_path,
+    output,
+    model,
+    device,
+    stats,
+    preview,
+    overlap,
+    quiet,
+    output_format,
+    gpu_memory,
+    host_memory,
+    trust_bundle,
+) -> None:
+    """Segment INPUT (.nii/.nii.gz, .nrrd, .mha, or a DICOM folder/file) and write labels on its exact grid.
 
     \b
     Example:
       medseg infer scan.nii.gz --stats --preview
       medseg infer scan.nii.gz -o labels.nii.gz --model phantom-unet2d --device cpu
+      medseg infer dicom/CT_series/ --format nifti+dicom-seg
     """
     from medseg.inference.pipeline import infer_file
     from medseg.progress import Progress
@@ -97,6 +143,10 @@ def infer(input_path, output, model, device, stats, preview, overlap, quiet) -> 
             preview=preview,
             overlap=overlap,
             progress=progress,
+            output_format=output_format,
+            gpu_memory=gpu_memory,
+            host_memory=host_memory,
+            trust_bundle=trust_bundle,
         )
     click.echo(result.summary_line())
 
@@ -242,6 +292,299 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
         write_text_atomic(csv_path, to_csv(report))
     if json_path:
         write_text_atomic(json_path, to_json(report))
+
+
+@main.command()
+@click.argument("input_dir", required=False, type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder (outputs + ledger).")
+@click.option("--manifest", type=click.Path(path_type=Path), help="CSV with columns id,path instead of INPUT_DIR.")
+@click.option("--model", "model", default=None, help="Model name (see `medseg models`) or ModelSpec .yaml path.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
+@click.option("--preview", is_flag=True, help="Also write a PNG montage per case.")
+@click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
+@click.option(
+    "--workers",
+    default="auto",
+    show_default=True,
+    help="Local: inference streams sharing the one model (auto: 2 on a CPU, 1 on a GPU).",
+)
+@click.option(
+    "--scheduler", default="local", show_default=True, help="local, dask://HOST:PORT or local-cluster:N (Dask)."
+)
+@click.option("--retry-failed", is_flag=True, help="Retry cases the ledger records as failed.")
+@click.option("--num-parts", default=1, show_default=True, help="Split the cohort into this many parts (SLURM).")
+@click.option("--part-id", default=0, show_default=True, help="Which part (0-based) this run does.")
+@click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable; default *_seg.* *_gt.*).")
+@click.option("--status", "status_dir", type=click.Path(path_type=Path), help="Print the ledger summary of a folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary.")
+@handle_errors
+def batch(
+    input_dir,
+    out_dir,
+    manifest,
+    model,
+    device,
+    stats,
+    preview,
+    overlap,
+    workers,
+    scheduler,
+    retry_failed,
+    num_parts,
+    part_id,
+    exclude,
+    status_dir,
+    quiet,
+) -> None:
+    """Segment every scan under INPUT_DIR into OUT_DIR, resumably (model loaded once).
+
+    \b
+    Rerunning the same command resumes: done cases with unchanged inputs are skipped, changed
+    inputs are redone, failed cases are retried with --retry-failed. Exit code 3: some cases failed.
+    Example:
+      medseg batch cohort/ -o results/ --stats
+      medseg batch --status results/
+      medseg batch cohort/ -o results/ --scheduler local-cluster:4
+      medseg batch cohort/ -o results/ --num-parts 10 --part-id $SLURM_ARRAY_TASK_ID
+    """
+    if status_dir is not None:
+        from medseg.batch.report import status_text
+
+        click.echo(status_text(status_dir))
+        return
+    if out_dir is None:
+        raise click.UsageError("give -o OUT_DIR (or --status OUT_DIR)")
+    if (input_dir is None) == (manifest is None):
+        raise click.UsageError("give either INPUT_DIR or --manifest cases.csv")
+    from medseg.batch import CaseSettings, discover_cases, make_executor, read_manifest, run_batch, select_part
+    from medseg.batch.cohort import DEFAULT_EXCLUDES
+    from medseg.batch.executors import parse_scheduler
+    from medseg.batch.report import make_reporter
+
+    parse_scheduler(scheduler)  # a typo fails now, not after discovery
+    if manifest is not None:
+        cases = read_manifest(manifest)
+    else:
+        cases = discover_cases(input_dir, exclude=exclude or DEFAULT_EXCLUDES, skip=[out_dir])
+    cases = select_part(cases, num_parts, part_id)
+    if not cases:
+        raise MedsegError("no scans found (.nii, .nii.gz, .nrrd, .mha, .mhd)", manifest or input_dir)
+    settings = CaseSettings(model=model, device=device, stats=stats, preview=preview, overlap=overlap)
+    reporter = make_reporter(quiet)
+    if workers == "auto":
+        n_workers = None
+    elif workers.isdigit() and int(workers) >= 1:
+        n_workers = int(workers)
+    else:
+        raise click.BadParameter(f"expected a number >= 1 or auto, got {workers!r}", param_hint="--workers")
+    executor = make_executor(scheduler, settings, workers=n_workers, on_stage=reporter.stage)
+    summary = run_batch(
+        cases,
+        out_dir,
+        settings,
+        executor,
+        retry_failed=retry_failed,
+        num_parts=num_parts,
+        part_id=part_id,
+        reporter=reporter,
+    )
+    for line in summary.lines():
+        click.echo(line)
+    if summary.exit_code:
+        sys.exit(summary.exit_code)
+
+
+@main.command()
+@click.argument("folder", metavar="DIR", type=click.Path(exists=True, path_type=Path))
+@click.option("--show-patient", is_flag=True, help="Also print PatientName and PatientID (hidden by default).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of the table.")
+@handle_errors
+def series(folder, show_patient, as_json) -> None:
+    """List the DICOM series under DIR (searched recursively), one stack per line.
+
+    \b
+    A series splits into stacks (UID#1, UID#2, ...) where matrix, orientation, image type or echo
+    differ. PROBLEM says why a stack cannot be read as a volume. Patient names and IDs are not
+    printed unless --show-patient is given.
+    Example:
+      medseg series study/
+      medseg convert study/ scan.nii.gz --series 1.2.840.113619.2.55.3...
+    """
+    import json
+
+    from medseg.io.dicom import scan_dicom
+
+    scan = scan_dicom(folder)
+    rows = [s.summary(show_patient=show_patient) for s in scan.stacks]
+    if as_json:
+        other = [{"path": str(p), "kind": k} for p, k in scan.non_images]
+        click.echo(json.dumps({"series": rows, "non_images": other, "skipped_files": len(scan.skipped)}, indent=2))
+        return
+    if not rows:
+        click.echo(f"no DICOM image series under {folder} ({scan.n_files} files, {len(scan.non_images)} non-image)")
+        return
+    for row in rows:
+        dims = "x".join(str(d) for d in row["matrix"]) + (f"x{row['volumes']}vol" if (row["volumes"] or 1) > 1 else "")
+        spacing = "x".join(f"{x:g}" for x in row["spacing_mm"]) + " mm" if row["spacing_mm"] else "-"
+        click.echo(f"{row['series']}")
+        click.echo(
+            f"    #{row['series_number']}  {row['modality'] or '?'}  {row['description'] or '(no description)'}  "
+            f"images {row['images']}  matrix {dims}  spacing {spacing}  orientation {row['orientation'] or '-'}"
+        )
+        if show_patient:
+            click.echo(f"    patient {row['patient_name']!r} id {row['patient_id']!r}")
+        for note in row["notes"]:
+            click.echo(f"    note: {note}")
+        click.echo(f"    {'problem: ' + row['problem'] if row['problem'] else 'ok'}")
+    extra = []
+    if scan.non_images:
+        extra.append(f"{len(scan.non_images)} non-image object(s)")
+    if scan.skipped:
+        extra.append(f"{len(scan.skipped)} non-DICOM file(s) skipped")
+    click.echo(f"{len(rows)} stack(s) in {scan.n_files} file(s)" + (f"; {', '.join(extra)}" if extra else ""))
+
+
+@main.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.argument("output", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--series", "series_id", default=None, help="Stack id, SeriesInstanceUID or SeriesNumber (DICOM).")
+@click.option(
+    "--resample-irregular", is_flag=True, help="Interpolate DICOM stacks with missing slices/uneven gaps evenly."
+)
+@click.option("--keep-tilt", is_flag=True, help="Keep gantry tilt as a sheared affine instead of resampling.")
+@handle_errors
+def convert(input_path, output, series_id, resample_irregular, keep_tilt) -> None:
+    """Convert INPUT (a DICOM folder or file, or any image medseg reads) to NIfTI OUT.
+
+    \b
+    Without --series, a folder with one readable volume is converted; with several, the command
+    lists them (see `medseg series`). Gantry tilt is resampled onto an orthogonal grid (with a
+    warning); missing slices are an error unless --resample-irregular.
+    Example:
+      medseg convert study/ scan.nii.gz
+      medseg convert study/ t1.nii.gz --series 1.3.12.2.1107.5.2.32.35131...#2
+    """
+    from medseg.io import read_volume, write_nifti
+    from medseg.io.dicom import is_dicom_input, read_dicom
+    from medseg.io.validate import validate_volume
+
+    if not output.name.lower().endswith((".nii", ".nii.gz")):
+        raise MedsegError("output must be a .nii or .nii.gz file", output)
+    if not input_path.exists():
+        raise MedsegError("no such file or folder", input_path)
+    dicom_options = series_id is not None or resample_irregular or keep_tilt
+    if is_dicom_input(input_path) or dicom_options:
+        volume = read_dicom(input_path, series_id, resample_irregular=resample_irregular, keep_tilt=keep_tilt)
+        validate_volume(volume, input_path)
+    else:
+        volume = read_volume(input_path)
+    write_nifti(volume, output)
+    dims = "x".join(str(s) for s in volume.array.shape)
+    spacing = "x".join(f"{s:.4g}" for s in volume.spacing)
+    click.echo(f"{input_path} -> {output}: {dims} {''.join(volume.axcodes)} {spacing} mm {volume.array.dtype}")
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, path_type=Path))
+@click.argument("labels", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--window",
+    type=click.Choice(["auto", "soft-tissue", "lung", "bone", "brain", "percentile"]),
+    default="auto",
+    show_default=True,
+    help="Contrast: a CT window preset, or 0.5-99.5 percentiles (auto: soft tissue for CT, percentiles otherwise).",
+)
+@click.option("--model", default=None, help="Label names/colours from this model when a label file has no sidecar.")
+@click.option("--no-widget", is_flag=True, help="Do not dock the segmentation widget.")
+@click.option(
+    "--screenshot",
+    type=click.Path(path_type=Path),
+    help="Write a PNG of the window and exit (uses Xvfb when there is no display).",
+)
+@handle_errors
+def view(image, labels, window, model, no_widget, screenshot) -> None:
+    """Review IMAGE (NIfTI, NRRD, DICOM folder) and LABELS in napari at physical scale, slice by slice.
+
+    \b
+    Axial view in the radiological convention (patient's right on the left), labels named and
+    coloured from their medseg sidecar (or --model). Paint, then File > Save Selected Layers
+    (.nii.gz) or the widget's "Save labels...": saved labels keep IMAGE's exact grid.
+    Example:
+      medseg view scan.nii.gz scan_seg.nii.gz
+      medseg view dicom/CT_series/ --window lung
+      medseg view scan.nii.gz scan_seg.nii.gz --screenshot review.png
+    """
+    from medseg.viewer.launch import require_napari
+
+    require_napari()
+    if screenshot is not None:
+        from medseg.viewer.display import virtual_display
+        from medseg.viewer.launch import fit_window, open_viewer, save_screenshot
+
+        with virtual_display():
+            viewer = open_viewer(image, labels, window=window, model=model, widget=not no_widget, show=True)
+            fit_window(viewer)
+            save_screenshot(viewer, screenshot)
+            viewer.close()
+        click.echo(f"wrote {screenshot}")
+        return
+    import napari
+
+    from medseg.viewer.launch import open_viewer
+
+    open_viewer(image, labels, window=window, model=model, widget=not no_widget, show=True)
+    napari.run()
+
+
+@main.command("plan")
+@click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
+@click.option("--model", "model", default=None, help="Model name, ModelSpec .yaml path or MONAI bundle folder.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--gpu-memory", default="auto", show_default=True, help="GPU budget: 12GB, 24GB, <N>GB or auto.")
+@click.option("--host-memory", default=None, help="Host RAM budget, e.g. 6GB (default: available RAM).")
+@click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan and predicted peaks as JSON.")
+@click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
+@handle_errors
+def plan(input_path, model, device, gpu_memory, host_memory, overlap, as_json, trust_bundle) -> None:
+    """Print the plan `medseg infer` would use for INPUT, with predicted peak memory per component.
+
+    \b
+    Activations come from a forward pass of the network on meta tensors (no memory used); the
+    planner picks the fastest roi/batch/buffer placement that fits the budgets, streaming the
+    aggregation slab by slab when the full classes x voxels buffer would not fit.
+    Example:
+      medseg plan scan.nii.gz --gpu-memory 12GB
+      medseg plan scan.nii.gz --device cpu --host-memory 6GB --json
+    """
+    import json
+
+    import torch
+
+    from medseg.inference.memory import NetworkModel, Workload, describe, parse_bytes, plan_memory
+    from medseg.inference.plan import resolve_device
+    from medseg.io import read_volume
+    from medseg.models.registry import build_network, resolve_spec
+
+    spec = resolve_spec(model, trust_bundle=trust_bundle)
+    dev = resolve_device(device)
+    volume = read_volume(input_path)
+    with torch.device("meta"):  # shapes only: no weights are read
+        net = NetworkModel(build_network(spec))
+    work = Workload.from_volume(volume, spec)
+    result = plan_memory(
+        work, spec, net, dev, gpu_budget=parse_bytes(gpu_memory), host_budget=parse_bytes(host_memory), overlap=overlap
+    )
+    if as_json:
+        doc = {"input": str(input_path), "model": spec.name, "fits": result.fits, **result.plan.to_dict()}
+        doc["model_grid"] = list(work.model_shape)
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"{input_path} with {spec.name}")
+        click.echo(describe(result, work))
+    if not result.fits:
+        sys.exit(1)
 
 
 if __name__ == "__main__":  # pragma: no cover

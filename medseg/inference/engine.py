@@ -1,15 +1,56 @@
-"""Runs a :class:`~medseg.inference.plan.Plan`: MONAI sliding-window inference, 3D or slice-wise 2D."""
+"""Runs a :class:`~medseg.inference.plan.Plan`: sliding-window inference, 3D or slice-wise 2D.
+
+Two ways to the same numbers:
+
+* :func:`run_windows` is MONAI's own inferer with a full ``classes x voxels`` output buffer (the
+  reference, and what MONAI users get).
+* :func:`infer_labels` streams. Windows run in the order of their start along the last axis; the
+  aggregation buffer holds only the planes that windows still touch (``Plan.slab_depth``). Planes
+  that no later window reaches are divided by the blending weights and handed to a *finaliser*
+  (argmax + inversion to the source grid, :class:`SourceGridFinaliser`), so peak memory no longer
+  grows with depth x classes. Window positions, padding, Gaussian weights and the in-place
+  arithmetic are MONAI's (``dense_patch_slices``, ``compute_importance_map``); only the order in
+  which up to eight overlapping windows are summed differs, i.e. float32 rounding.
+
+Invariants of the streaming loop (3D): windows are sorted by their start ``s`` on the slab axis;
+when a batch whose smallest start is ``m`` is about to be added, every plane ``< m`` is complete,
+because every later window starts at ``>= m``. The buffer covers ``[buf_lo, buf_lo + cap)`` with
+``cap >= max(end) - min(start)`` over any batch. An out-of-memory error while a batch runs
+discards only the unfinished buffer: the engine shrinks the plan (:func:`shrink_plan`), warns once
+and re-runs the windows that overlap the unfinished planes, adding only their parts on planes
+``>= buf_lo``. Planes already finalised are never recomputed.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import math
+import warnings
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
+from medseg.errors import MedsegError
 from medseg.inference.plan import Plan
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+#: target size of one finalisation / inversion step's float32 temporaries (planes per step follow)
+CHUNK_BYTES = 64 << 20
+MAX_CHUNK_PLANES = 16
+
+
+def chunk_planes(classes: int, plane_voxels: int) -> int:
+    """Planes handed on (or inverted) per step: up to 16, fewer when one plane of logits is large."""
+    return int(max(1, min(MAX_CHUNK_PLANES, CHUNK_BYTES // max(1, classes * plane_voxels * 4))))
+
+
+class MemoryFallbackWarning(UserWarning):
+    """The engine ran out of memory and continued with a smaller plan."""
+
+    medseg_warning = True
 
 
 def run_windows(
@@ -69,3 +110,425 @@ def _window_count(shape: tuple[int, ...], plan: Plan, spatial_dims: int) -> int:
         step = max(int(roi * (1 - plan.overlap)), 1)
         count *= math.ceil((size - roi) / step) + 1 if size > roi else 1
     return count * (int(shape[2]) if spatial_dims == 2 else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming engine
+
+
+_MALLOC_TUNED = False
+
+
+def return_freed_memory_to_os(threshold: int = 2 << 20) -> bool:
+    """Make glibc give large freed blocks back to the OS at once (``mallopt``), so that the process
+    size follows the live tensors the planner predicts.
+
+    By default glibc raises its mmap threshold up to 32 MiB as blocks are freed and keeps freed heap
+    blocks for reuse (mallopt(3), "M_MMAP_THRESHOLD"): after a few window batches the resident size
+    exceeds the live tensors by 50-200 MB. Blocks >= ``threshold`` are mmapped and unmapped instead.
+    A no-op (False) where glibc is not the allocator.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return True
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, int(threshold)) == 1 and libc.mallopt(m_trim_threshold, int(threshold)) == 1
+    except (OSError, AttributeError):
+        return False
+    _MALLOC_TUNED = ok
+    return ok
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """CUDA OOM, a failed host allocation, or a MemoryError."""
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    if isinstance(err, RuntimeError):
+        msg = str(err)
+        return "out of memory" in msg or "can't allocate memory" in msg or "DefaultCPUAllocator" in msg
+    return False
+
+
+def shrink_plan(plan: Plan) -> Plan | None:
+    """The next smaller plan after an out-of-memory error, or None when nothing is left to shrink.
+
+    The window grid (roi, overlap, blending) and precision never change, so the labels of a resumed
+    run equal those of an uninterrupted one. Order: halve the window batch; move the aggregation
+    buffer, then the image, off the GPU; halve the slab.
+    """
+    if plan.sw_batch_size > 1:
+        return plan.replace(sw_batch_size=max(1, plan.sw_batch_size // 2))
+    if plan.aggregation_device != "cpu":
+        return plan.replace(aggregation_device="cpu")
+    if plan.image_device != "cpu":
+        return plan.replace(image_device="cpu")
+    if plan.slab_depth == 0:
+        return plan.replace(slab_depth=max(1, plan.roi_size[-1]))
+    if plan.slab_depth > 1:
+        return plan.replace(slab_depth=max(1, plan.slab_depth // 2))
+    return None
+
+
+def _fallback(plan: Plan, err: BaseException, where: str) -> Plan:
+    smaller = shrink_plan(plan)
+    if smaller is None:
+        raise MedsegError(
+            f"out of memory at {where} even with the smallest plan (batch 1, buffers on the host); "
+            "free memory or use a smaller --gpu-memory/--host-memory budget"
+        ) from err
+    changes = [
+        f"{k} {getattr(plan, k)}->{getattr(smaller, k)}"
+        for k in ("sw_batch_size", "aggregation_device", "image_device", "slab_depth")
+        if getattr(plan, k) != getattr(smaller, k)
+    ]
+    warnings.warn(
+        f"out of memory at {where}; continuing from there with {', '.join(changes)}",
+        MemoryFallbackWarning,
+        stacklevel=3,
+    )
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return smaller
+
+
+def scan_interval(image_size: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> tuple[int, ...]:
+    """MONAI's window step per axis (``_get_scan_interval``)."""
+    out = []
+    for size, r in zip(image_size, roi):
+        out.append(int(r) if r == size else max(int(r * (1 - overlap)), 1))
+    return tuple(out)
+
+
+def window_starts(image_size: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> np.ndarray:
+    """``(N, ndim)`` window starts on the padded grid, exactly MONAI's, sorted by the last axis.
+
+    Within one start along the last axis the order stays MONAI's (first axis slowest).
+    """
+    from monai.data.utils import dense_patch_slices
+
+    interval = scan_interval(image_size, roi, overlap)
+    slices = dense_patch_slices(image_size, roi, interval, return_slice=False)
+    starts = np.array([[int(a) for a, _ in w] for w in slices], dtype=np.int64).reshape(-1, len(roi))
+    order = np.argsort(starts[:, -1], kind="stable")
+    return starts[order]
+
+
+def pad_amounts(shape: tuple[int, ...], roi: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Symmetric padding (low, high) per axis up to the roi, as MONAI pads small images."""
+    out = []
+    for size, r in zip(shape, roi):
+        diff = max(int(r) - int(size), 0)
+        out.append((diff // 2, diff - diff // 2))
+    return out
+
+
+def buffer_planes(starts: np.ndarray, roi_z: int, batch: int) -> int:
+    """Smallest buffer depth that holds any ``batch`` consecutive windows (in slab order)."""
+    z = starts[:, -1]
+    if len(z) <= batch:
+        return int(z.max()) + roi_z - int(z.min())
+    return int((z[batch - 1 :] - z[: len(z) - batch + 1]).max()) + roi_z
+
+
+class Finaliser:
+    """Receives finished logit planes (``(C, X, Y, k)`` float32 on the CPU) in order along the last axis."""
+
+    def push(self, planes: torch.Tensor, start: int) -> None:  # pragma: no cover - interface
+        """``planes`` are planes ``[start, start + k)``; planes already received are ignored (resume)."""
+        raise NotImplementedError
+
+    def finish(self):  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class LogitsCollector(Finaliser):
+    """Keeps every plane: the full logits, for tests and callers that want probabilities."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.received = 0
+
+    def push(self, planes: torch.Tensor, start: int) -> None:
+        planes = planes[..., self.received - start :] if start < self.received else planes
+        if start > self.received:
+            raise AssertionError(f"plane {self.received} skipped")
+        self.parts.append(planes.clone())
+        self.received += planes.shape[-1]
+
+    def finish(self) -> torch.Tensor:
+        return torch.cat(self.parts, dim=-1)
+
+
+class SourceGridFinaliser(Finaliser):
+    """Streams logits on the model grid to labels on the source grid, as ``logits_to_source_labels`` does.
+
+    Each source plane ``j`` along the slab axis interpolates model planes ``floor(x)`` and
+    ``floor(x) + 1`` with ``x = j * s / t``; it is emitted as soon as both have arrived. The
+    arithmetic (float64 coordinates, ``lerp`` along the slab axis, then the in-plane axes, argmax)
+    is the same as the whole-volume function's, so the labels are identical for identical logits.
+    """
+
+    def __init__(self, record, n_classes: int, chunk: int | None = None) -> None:
+        self.record = record
+        out_plane = int(record.reoriented_shape[0]) * int(record.reoriented_shape[1])
+        self.chunk = max(1, int(chunk)) if chunk else chunk_planes(n_classes, out_plane)
+        self.inv = [1.0 / s for s in record.scale]
+        self.n_in = int(record.model_shape[2])
+        self.out_shape = tuple(int(v) for v in record.reoriented_shape)
+        self.dtype = np.uint8 if n_classes <= 256 else np.uint16
+        self.labels = np.empty(self.out_shape, dtype=self.dtype)
+        self.carry: torch.Tensor | None = None  # model planes [carry_lo, carry_lo + carry.shape[-1])
+        self.carry_lo = 0
+        self.received = 0
+        self.next_out = 0
+
+    def _coord(self, j: int) -> float:
+        return min(max(j * self.inv[2], 0.0), self.n_in - 1)
+
+    def push(self, planes: torch.Tensor, start: int) -> None:
+        if start > self.received:
+            raise AssertionError(f"plane {self.received} skipped")
+        planes = planes[..., self.received - start :].float().cpu()
+        if planes.shape[-1] == 0:
+            return
+        self.carry = planes if self.carry is None else torch.cat([self.carry, planes], dim=-1)
+        self.received += planes.shape[-1]
+        self._emit()
+
+    def _ready(self, j: int) -> bool:
+        x = self._coord(j)
+        hi = min(math.floor(x) + 1, self.n_in - 1)
+        return hi < self.received
+
+    def _emit(self) -> None:
+        from medseg.inference.preprocess import resample_axis
+
+        nz = self.out_shape[2]
+        while self.next_out < nz and self._ready(self.next_out):
+            start = self.next_out
+            stop = start
+            while stop < nz and stop - start < self.chunk and self._ready(stop):
+                stop += 1
+            x = (torch.arange(start, stop, dtype=torch.float64) * self.inv[2]).clamp(0, self.n_in - 1)
+            lo, hi = int(x.min().floor()), min(int(x.max().floor()) + 1, self.n_in - 1)
+            part = self.carry[..., lo - self.carry_lo : hi + 1 - self.carry_lo]
+            x_local = x - lo
+            i0 = x_local.floor().long()
+            i1 = (i0 + 1).clamp(max=part.shape[3] - 1)
+            w = (x_local - i0).to(part.dtype).reshape(1, 1, 1, -1)
+            part = torch.lerp(part.index_select(3, i0), part.index_select(3, i1), w)
+            part = resample_axis(part, 1, self.out_shape[0], self.inv[0])
+            part = resample_axis(part, 2, self.out_shape[1], self.inv[1])
+            self.labels[..., start:stop] = part.argmax(0).numpy().astype(self.dtype)
+            self.next_out = stop
+            if stop < nz:  # drop model planes no later source plane needs
+                keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes
+                if keep_from > self.carry_lo:
+                    self.carry = self.carry[..., keep_from - self.carry_lo :].contiguous()
+                    self.carry_lo = keep_from
+
+    def finish(self) -> np.ndarray:
+        from medseg.inference.preprocess import reorient_array
+
+        if self.next_out != self.out_shape[2]:
+            raise AssertionError(f"finaliser emitted {self.next_out} of {self.out_shape[2]} planes")
+        return reorient_array(self.labels, self.record.inverse_ornt)
+
+
+def _autocast(plan: Plan):
+    if plan.precision in _DTYPES and plan.device.startswith("cuda"):
+        return torch.autocast(device_type="cuda", dtype=_DTYPES[plan.precision])
+    return contextlib.nullcontext()
+
+
+def _first(out) -> torch.Tensor:
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return out
+
+
+def stream_windows(
+    network: Callable[[torch.Tensor], torch.Tensor],
+    image: torch.Tensor,
+    plan: Plan,
+    finaliser: Finaliser,
+    spatial_dims: int = 3,
+    on_progress: Callable[[float], None] | None = None,
+):
+    """Run ``plan`` over ``image`` (``(C, X, Y, Z)`` on the model grid), feeding ``finaliser`` plane by plane.
+
+    Returns ``finaliser.finish()``. Out-of-memory errors shrink the plan and resume (see module doc).
+    """
+    return_freed_memory_to_os()
+    with torch.inference_mode():
+        if spatial_dims == 2:
+            _stream_slices(network, image, plan, finaliser, on_progress)
+        else:
+            _stream_volume(network, image, plan, finaliser, on_progress)
+    return finaliser.finish()
+
+
+def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
+    from monai.data.utils import compute_importance_map
+
+    roi = tuple(int(r) for r in plan.roi_size)
+    shape = tuple(int(v) for v in image.shape[1:])
+    pads = pad_amounts(shape, roi)
+    padded_shape = tuple(n + a + b for n, (a, b) in zip(shape, pads))
+    starts = window_starts(padded_shape, roi, plan.overlap)
+    ends = starts[:, 2] + roi[2]
+    total, nz = len(starts), padded_shape[2]
+    state = {"done": 0}
+    buf_lo = 0  # planes below buf_lo are finalised; only planes >= buf_lo are ever written again
+    while True:
+        try:
+            padded = image
+            if any(a or b for a, b in pads):
+                flat = [v for a, b in reversed(pads) for v in (a, b)]
+                padded = torch.nn.functional.pad(image[None], flat, mode="constant", value=0.0)[0]
+            padded = padded.to(plan.image_device)
+            w = compute_importance_map(roi, mode=plan.blend, sigma_scale=0.125, device=plan.device, dtype=image.dtype)
+            w = w[None, None]
+            w_agg = w[0, 0].to(plan.aggregation_device)
+            need = buffer_planes(starts, roi[2], plan.sw_batch_size)
+            cap = min(max(need, plan.slab_depth), nz) if plan.streaming else nz
+            agg = _Aggregation(padded_shape, cap, buf_lo, plan.aggregation_device, pads, shape, finaliser)
+            i = int(np.searchsorted(ends, buf_lo, side="right"))  # first window reaching an open plane
+            while i < total:
+                group = starts[i : i + plan.sw_batch_size]
+                zmin = max(int(group[:, 2].min()), buf_lo)
+                if int(group[:, 2].max()) + roi[2] > agg.lo + cap:
+                    agg.slide(zmin)  # planes below zmin are complete
+                    buf_lo = agg.lo
+                wins = torch.cat([padded[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]][None] for x, y, z in group])
+                with _autocast(plan):
+                    pred = _first(network(wins.to(plan.device)))
+                pred = pred.float()
+                pred *= w
+                agg.add(pred.to(plan.aggregation_device), group, w_agg, roi)
+                del pred, wins  # not alive during the next forward pass or the finalisation
+                i += len(group)
+                state["done"] = max(state["done"], i)
+                if on_progress is not None:
+                    on_progress(min(state["done"] / max(total, 1), 1.0))
+            agg.finalise(nz)
+            return
+        except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
+            if not is_out_of_memory(err):
+                raise
+            agg = pred = wins = padded = None
+            plan = _fallback(plan, err, f"slab plane {max(buf_lo - pads[2][0], 0)}")
+
+
+class _Aggregation:
+    """Weighted sums and weights for padded planes ``[lo, lo + cap)`` along the slab axis."""
+
+    def __init__(self, padded_shape, cap, lo, device, pads, shape, finaliser: Finaliser) -> None:
+        self.padded_shape, self.cap, self.lo, self.device = padded_shape, cap, lo, device
+        self.pads, self.shape, self.finaliser, self.chunk = pads, shape, finaliser, MAX_CHUNK_PLANES
+        self.buf: torch.Tensor | None = None  # allocated at the first batch, when the class count is known
+        self.cnt = torch.zeros((padded_shape[0], padded_shape[1], cap), dtype=torch.float32, device=device)
+
+    def add(self, pred: torch.Tensor, group: np.ndarray, w: torch.Tensor, roi) -> None:
+        if self.buf is None:
+            self.chunk = chunk_planes(pred.shape[1], self.shape[0] * self.shape[1])
+            size = (pred.shape[1], self.padded_shape[0], self.padded_shape[1], self.cap)
+            self.buf = torch.zeros(size, dtype=torch.float32, device=self.device)
+        for k, (x, y, z) in enumerate(group):
+            z0 = max(int(z), self.lo)  # after a resume, parts below lo are already final
+            skip, lz = z0 - int(z), z0 - self.lo
+            dz = roi[2] - skip
+            self.buf[:, x : x + roi[0], y : y + roi[1], lz : lz + dz] += pred[k, ..., skip:]
+            self.cnt[x : x + roi[0], y : y + roi[1], lz : lz + dz] += w[..., skip:]
+
+    def slide(self, new_lo: int) -> None:
+        self.finalise(new_lo)
+        shift = new_lo - self.lo
+        keep = self.cap - shift
+        for t in (self.buf, self.cnt):
+            if t is None:
+                continue
+            for a in range(0, max(keep, 0), shift):  # chunks no longer than the shift never overlap
+                b = min(a + shift, keep)
+                t[..., a:b] = t[..., a + shift : b + shift]
+            t[..., max(keep, 0) :] = 0
+        self.lo = new_lo
+
+    def finalise(self, stop: int) -> None:
+        """Divide planes ``[lo, stop)`` by their weights; hand the unpadded part on, ``chunk`` planes at a time."""
+        (x0, _), (y0, _), (z0, _) = self.pads
+        lo, hi = max(self.lo, z0), min(stop, z0 + self.shape[2])
+        if self.buf is None or hi <= lo:
+            return
+        xs, ys = slice(x0, x0 + self.shape[0]), slice(y0, y0 + self.shape[1])
+        for a in range(lo, hi, self.chunk):
+            b = min(a + self.chunk, hi)
+            part = self.buf[:, xs, ys, a - self.lo : b - self.lo] / self.cnt[xs, ys, a - self.lo : b - self.lo]
+            self.finaliser.push(part.cpu(), a - z0)
+
+
+def _stream_slices(network, image, plan, finaliser, on_progress) -> None:
+    """2D networks: MONAI's SliceInferer over chunks of ``slab_depth`` axial slices (slices are independent)."""
+    from monai.inferers import SliceInferer
+
+    nz = int(image.shape[-1])
+    z = 0
+    while z < nz:
+        depth = plan.slab_depth if plan.streaming else nz
+        stop = min(z + depth, nz)
+        try:
+            inferer = SliceInferer(
+                spatial_dim=2,
+                roi_size=tuple(plan.roi_size),
+                sw_batch_size=plan.sw_batch_size,
+                overlap=plan.overlap,
+                mode=plan.blend,
+                sw_device=plan.device,
+                device=plan.aggregation_device,
+                progress=False,
+            )
+            x = image[..., z:stop].unsqueeze(0).to(plan.image_device)
+            with _autocast(plan):
+                logits = inferer(x, lambda b: _first(network(b)).float())
+            finaliser.push(logits[0].float().cpu(), z)
+            del logits
+        except Exception as err:  # noqa: BLE001
+            if not is_out_of_memory(err):
+                raise
+            if not plan.streaming:
+                plan = plan.replace(slab_depth=max(1, nz // 2))
+                warnings.warn(
+                    f"out of memory at slice {z}; continuing from there with slab_depth {plan.slab_depth}",
+                    MemoryFallbackWarning,
+                    stacklevel=2,
+                )
+            else:
+                plan = _fallback(plan, err, f"slice {z}")
+            continue
+        z = stop
+        if on_progress is not None:
+            on_progress(z / nz)
+
+
+def infer_labels(
+    network,
+    image: torch.Tensor,
+    plan: Plan,
+    record,
+    n_classes: int,
+    spatial_dims: int = 3,
+    on_progress: Callable[[float], None] | None = None,
+) -> np.ndarray:
+    """Labels on the source grid for ``image`` (model grid), streaming as ``plan`` says."""
+    finaliser = SourceGridFinaliser(record, n_classes)
+    return stream_windows(network, image, plan, finaliser, spatial_dims, on_progress)

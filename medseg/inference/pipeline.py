@@ -26,7 +26,7 @@ import numpy as np
 
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
-from medseg.inference.plan import Plan, default_plan, resolve_device
+from medseg.inference.plan import Plan, resolve_device
 from medseg.io.atomic import TMP_MARKER, write_text_atomic
 from medseg.io.validate import channels_of
 from medseg.models.spec import ModelSpec
@@ -53,12 +53,24 @@ class Segmenter:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     """
 
-    def __init__(self, model: str | Path | ModelSpec | None = None, device: str = "auto") -> None:
+    def __init__(
+        self,
+        model: str | Path | ModelSpec | None = None,
+        device: str = "auto",
+        gpu_memory: str | int | None = None,
+        host_memory: str | int | None = None,
+        trust_bundle: bool = False,
+    ) -> None:
+        from medseg.inference.memory import parse_bytes
         from medseg.models.checkpoints import load_network
         from medseg.models.registry import resolve_spec
 
-        self.spec = resolve_spec(model)
+        self.spec = resolve_spec(model, trust_bundle=trust_bundle)
         self.device = resolve_device(device)
+        #: memory budgets in bytes for the planner; None = what is free when planning (``auto``)
+        self.gpu_budget = parse_bytes(gpu_memory)
+        self.host_budget = parse_bytes(host_memory)
+        self._memory_model = None
         t0 = time.perf_counter()
         self.network, self.weights_sha256 = load_network(self.spec, self.device)
         self.load_seconds = time.perf_counter() - t0
@@ -79,12 +91,45 @@ class Segmenter:
         )
 
     def plan_for(self, volume: Volume, overlap: float | None = None) -> Plan:
-        return default_plan(self.spec, self.device, overlap)
+        """The memory planner's plan for ``volume`` under this segmenter's budgets (see ``medseg plan``)."""
+        import warnings
+
+        from medseg.inference.engine import MemoryFallbackWarning
+
+        result = self.plan_memory(volume, overlap)
+        if not result.fits:
+            if getattr(self, "gpu_budget", None) is not None or getattr(self, "host_budget", None) is not None:
+                raise MedsegError(result.message)
+            warnings.warn(result.message + "; trying the smallest plan", MemoryFallbackWarning, stacklevel=2)
+        return result.plan
+
+    def plan_memory(self, volume: Volume, overlap: float | None = None):
+        """The planner's full answer (plan, per-component estimate, whether it fits) for ``volume``."""
+        from medseg.inference.memory import NetworkModel, Workload, plan_memory, process_rss_bytes
+
+        if getattr(self, "_memory_model", None) is None:  # built on first use, then cached
+            self._memory_model = NetworkModel.for_spec(self.spec, self.network)
+            # this process's size once the model is loaded (later readings include freed heap),
+            # less the weights and the scan already in memory: both are their own terms
+            weights_here = self._memory_model.weights if self.device == "cpu" else 0
+            scan = getattr(volume.array, "nbytes", 0) if isinstance(volume.array, np.ndarray) else 0
+            self._framework_host = max(0, process_rss_bytes() - weights_here - scan)
+        work = Workload.from_volume(volume, self.spec)
+        return plan_memory(
+            work,
+            self.spec,
+            self._memory_model,
+            self.device,
+            gpu_budget=getattr(self, "gpu_budget", None),
+            host_budget=getattr(self, "host_budget", None),
+            overlap=overlap,
+            framework_host=self._framework_host,
+        )
 
     def segment(self, volume: Volume, plan: Plan | None = None, progress: Progress = NULL_PROGRESS) -> Segmentation:
         """Labels on ``volume``'s own grid (same shape, voxel for voxel)."""
-        from medseg.inference.engine import run_windows
-        from medseg.inference.preprocess import logits_to_source_labels, preprocess_image
+        from medseg.inference.engine import infer_labels
+        from medseg.inference.preprocess import preprocess_image
 
         self.check_input(volume)
         plan = plan or self.plan_for(volume)
@@ -95,12 +140,12 @@ class Segmenter:
         timings["preprocess"] = time.perf_counter() - t
         t = time.perf_counter()
         progress.stage("inference")
-        logits = run_windows(self.network, image, plan, self.spec.network.spatial_dims, progress.update)
+        n_classes = self.spec.network.out_channels
+        dims = self.spec.network.spatial_dims
+        labels = infer_labels(self.network, image, plan, record, n_classes, dims, progress.update)
+        # windows and inversion to the source grid are interleaved (slab streaming): one timing
         timings["inference"] = time.perf_counter() - t
-        t = time.perf_counter()
-        progress.stage("to source grid")
-        labels = logits_to_source_labels(logits, record)
-        timings["invert"] = time.perf_counter() - t
+        timings["invert"] = 0.0
         if labels.shape != volume.shape:  # a broken invariant, never a user error
             raise AssertionError(f"labels {labels.shape} do not match the input grid {volume.shape}")
         return Segmentation(volume, labels, plan, timings)
@@ -280,11 +325,15 @@ def infer_file(
     overlap: float | None = None,
     progress: Progress = NULL_PROGRESS,
     output_format: str = "nifti",
+    gpu_memory: str | int | None = None,
+    host_memory: str | int | None = None,
+    trust_bundle: bool = False,
 ) -> InferResult:
     """Segment one scan (file or DICOM folder) and write its outputs atomically (nothing is left behind on failure).
 
     ``output_format``: ``nifti`` (label NIfTI), ``dicom-seg`` (DICOM SEG referencing the source
-    series), or ``nifti+dicom-seg`` (both).
+    series), or ``nifti+dicom-seg`` (both). ``gpu_memory``/``host_memory``: budgets for the memory
+    planner (``"12GB"``, bytes, or None for what is free); ignored when ``model`` is a Segmenter.
     """
     from medseg.io import read_volume
 
@@ -296,7 +345,11 @@ def infer_file(
     if paths.get("dicom_seg") is not None:
         check_dicom_seg_input(volume)
     timings = {"read": time.perf_counter() - t_start}
-    segmenter = model if isinstance(model, Segmenter) else Segmenter(model, device)
+    if not isinstance(model, Segmenter):
+        progress.stage("load model")
+    segmenter = (
+        model if isinstance(model, Segmenter) else Segmenter(model, device, gpu_memory, host_memory, trust_bundle)
+    )
     timings["model_load"] = 0.0 if isinstance(model, Segmenter) else segmenter.load_seconds
     segmenter.check_input(volume)
     result = segmenter.segment(volume, segmenter.plan_for(volume, overlap), progress)

@@ -21,13 +21,32 @@ class Plan:
     precision: str = "fp32"
     #: where windows are stitched: "device" or "cpu" (MONAI's ``device`` argument)
     aggregation_device: str = "cpu"
+    #: where the preprocessed image lives while windows are cut from it
+    image_device: str = "cpu"
+    #: planes of the aggregation buffer along the last axis (3D) or slices per chunk (2D);
+    #: 0 keeps the whole volume (MONAI's full buffer). Smaller values stream slab by slab.
+    slab_depth: int = 0
     #: predicted peak bytes per component, filled in by the memory planner
     predicted_bytes: dict[str, int] = field(default_factory=dict)
+    #: budgets the plan was made for (``gpu``/``host`` bytes), empty when unplanned
+    budget_bytes: dict[str, int] = field(default_factory=dict)
+    #: why the planner chose what it chose, and what would fit when nothing does
+    notes: tuple[str, ...] = ()
+
+    @property
+    def streaming(self) -> bool:
+        return self.slab_depth > 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["roi_size"] = list(self.roi_size)
+        d["notes"] = list(self.notes)
         return d
+
+    def replace(self, **changes) -> Plan:
+        import dataclasses
+
+        return dataclasses.replace(self, **changes)
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -65,4 +84,5 @@ def default_plan(spec: ModelSpec, device: str = "cpu", overlap: float | None = N
         blend=inf.blend,
         precision=inf.precision if device.startswith("cuda") else "fp32",
         aggregation_device=device,
+        image_device=device,
     )

@@ -27,8 +27,11 @@ def available_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
-def resolve_spec(model: str | Path | ModelSpec | None) -> ModelSpec:
-    """A ModelSpec from a name in ``configs/models``, a YAML path, or a spec object."""
+def resolve_spec(model: str | Path | ModelSpec | None, trust_bundle: bool = False) -> ModelSpec:
+    """A ModelSpec from a name in ``configs/models``, a YAML path, a MONAI bundle folder, or a spec object.
+
+    ``trust_bundle`` evaluates a bundle's config with MONAI's ConfigParser (runs its expressions).
+    """
     if isinstance(model, ModelSpec):
         return model
     model = str(model or DEFAULT_MODEL)
@@ -38,7 +41,11 @@ def resolve_spec(model: str | Path | ModelSpec | None) -> ModelSpec:
     path = Path(model).expanduser()
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         if path.is_dir():
-            raise ModelError("is a folder; give a ModelSpec .yaml file", path)
+            from medseg.models.bundle import is_bundle, spec_from_bundle
+
+            if is_bundle(path):
+                return spec_from_bundle(path, trust=trust_bundle)
+            raise ModelError("is a folder; give a ModelSpec .yaml file or a MONAI bundle folder", path)
         return load_spec(path)
     names = ", ".join(known) or "none installed"
     raise ModelError(f"unknown model (available: {names}; or give a path to a ModelSpec .yaml)", model)
