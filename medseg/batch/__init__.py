@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask
 from medseg.batch.cohort import Case, discover_cases, read_manifest, register_case_finder, select_part
+from medseg.batch.dicom_cases import dicom_case_finder
 from medseg.batch.executors import LocalPipelineExecutor, make_executor, parse_scheduler
 from medseg.batch.ledger import CaseRecord, CohortLedger
 from medseg.batch.runner import BatchSummary, ledger_path, run_batch
+
+register_case_finder(dicom_case_finder)
 
 __all__ = [
     "BatchSummary",
