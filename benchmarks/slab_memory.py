@@ -28,12 +28,7 @@ from pathlib import Path
 GiB = 1 << 30
 
 
-def _status(key: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(key)
+from _procstat import proc_status as _status  # noqa: E402  (benchmarks run as scripts from this folder)
 
 
 def _spec_dict(weights: str | None = None) -> dict:

@@ -53,6 +53,19 @@ class MemoryFallbackWarning(UserWarning):
     medseg_warning = True
 
 
+def _inferer_kwargs(plan: Plan) -> dict:
+    """MONAI inferer arguments for ``plan`` (windows, blending and where buffers live)."""
+    return dict(
+        roi_size=tuple(plan.roi_size),
+        sw_batch_size=plan.sw_batch_size,
+        overlap=plan.overlap,
+        mode=plan.blend,
+        sw_device=plan.device,
+        device=plan.aggregation_device,
+        progress=False,
+    )
+
+
 def run_windows(
     network: torch.nn.Module,
     image: torch.Tensor,
@@ -68,15 +81,7 @@ def run_windows(
     from monai.inferers import SliceInferer, SlidingWindowInferer
 
     x = image.unsqueeze(0).to(plan.device)
-    common = dict(
-        roi_size=tuple(plan.roi_size),
-        sw_batch_size=plan.sw_batch_size,
-        overlap=plan.overlap,
-        mode=plan.blend,
-        sw_device=plan.device,
-        device=plan.aggregation_device,
-        progress=False,
-    )
+    common = _inferer_kwargs(plan)
     inferer = SliceInferer(spatial_dim=2, **common) if spatial_dims == 2 else SlidingWindowInferer(**common)
 
     done = {"n": 0}
@@ -487,16 +492,7 @@ def _stream_slices(network, image, plan, finaliser, on_progress) -> None:
         depth = plan.slab_depth if plan.streaming else nz
         stop = min(z + depth, nz)
         try:
-            inferer = SliceInferer(
-                spatial_dim=2,
-                roi_size=tuple(plan.roi_size),
-                sw_batch_size=plan.sw_batch_size,
-                overlap=plan.overlap,
-                mode=plan.blend,
-                sw_device=plan.device,
-                device=plan.aggregation_device,
-                progress=False,
-            )
+            inferer = SliceInferer(spatial_dim=2, **_inferer_kwargs(plan))
             x = image[..., z:stop].unsqueeze(0).to(plan.image_device)
             with _autocast(plan):
                 logits = inferer(x, lambda b: _first(network(b)).float())
