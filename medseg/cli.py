@@ -307,7 +307,8 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
     "--workers",
     default="auto",
     show_default=True,
-    help="Local: inference streams sharing the one model (auto: 2 on a CPU, 1 on a GPU).",
+    help="Local inference streams. On a CPU, N > 1 starts N worker processes, each loading the model once "
+    "(auto: 2, more on 8+ cores); on a GPU streams share one model (auto: 1). 1: everything in this process.",
 )
 @click.option(
     "--scheduler", default="local", show_default=True, help="local, dask://HOST:PORT or local-cluster:N (Dask)."

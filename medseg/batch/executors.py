@@ -1,10 +1,12 @@
 """Where cases run. The runner needs only ``submit(task) -> concurrent.futures.Future`` and
 ``capacity()`` (how many cases to keep in flight), so any backend with that shape plugs in.
 
-- :class:`LocalPipelineExecutor` (default): one process, the model loaded once, three stages on
-  their own threads so reading/preprocessing the next case and writing the previous one overlap
-  with inference of the current one (as nnU-Net does with background preprocessing and an export
-  pool).
+- :class:`LocalPipelineExecutor` (``--workers 1``, and on a GPU): one process, the model loaded
+  once, three stages on their own threads so reading/preprocessing the next case and writing the
+  previous one overlap with inference of the current one (as nnU-Net does with background
+  preprocessing and an export pool).
+- :class:`~medseg.batch.process_streams.ProcessStreamsExecutor` (default on a CPU, ``--workers N``
+  with N > 1): N worker processes, each running such a pipeline with its own copy of the model.
 - :class:`~medseg.batch.dask_backend.DaskExecutor` (``--scheduler dask://HOST:PORT`` or
   ``local-cluster:N``): each Dask worker loads the model once (a worker plugin) and runs whole cases.
 """
@@ -141,6 +143,23 @@ class LocalPipelineExecutor:
         return outer
 
 
+def _on_cpu(device: str) -> bool:
+    from medseg.inference.plan import resolve_device
+
+    return resolve_device(device) == "cpu"
+
+
+def local_streams(device: str, workers: int | None) -> int:
+    """Inference streams for ``--scheduler local``: ``workers``, or for ``auto`` 1 on a GPU and on a
+    CPU 2 worker processes up to 8 cores, then one per 4 cores (at most 4)."""
+    if workers is not None:
+        return workers
+    cores = os.cpu_count() or 1
+    if cores < 2 or not _on_cpu(device):
+        return 1
+    return min(4, max(2, cores // 4))
+
+
 def parse_scheduler(scheduler: str) -> tuple[str, str | int | None]:
     """``local`` | ``dask://HOST:PORT`` (also ``tcp://``) | ``local-cluster:N`` -> ``(kind, arg)``."""
     s = (scheduler or "local").strip()
@@ -170,6 +189,11 @@ def make_executor(
     """The backend for ``--scheduler``; Dask is imported only when asked for."""
     kind, arg = parse_scheduler(scheduler)
     if kind == "local":
+        n = local_streams(settings.device, workers)
+        if n > 1 and _on_cpu(settings.device):
+            from medseg.batch.process_streams import ProcessStreamsExecutor
+
+            return ProcessStreamsExecutor(settings, workers=n, on_stage=on_stage)
         return LocalPipelineExecutor(settings, workers=workers, on_stage=on_stage)
     try:
         from medseg.batch.dask_backend import DaskExecutor

@@ -91,7 +91,9 @@ def _run_batch(script, cohort, out, model, crash_at=None, kill_after=None, rng=N
     starting with ``prefix`` appears on stderr plus a random delay. Returns the exit status."""
     env = {**os.environ, "CRASH_AT": crash_at or "none:0", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, str(script), "batch", str(cohort), "-o", str(out), "--model", str(model)]
-    cmd += ["--device", "cpu", "--stats"]
+    # one process: the hooks above patch this process, where --workers 1 reads, infers and writes
+    # (worker processes are killed with their batch in tests/batch/test_process_streams.py)
+    cmd += ["--device", "cpu", "--stats", "--workers", "1"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_reader, args=(proc.stderr, lines), daemon=True).start()
