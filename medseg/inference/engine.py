@@ -121,20 +121,39 @@ def _window_count(shape: tuple[int, ...], plan: Plan, spatial_dims: int) -> int:
 # streaming engine
 
 
-_MALLOC_TUNED = False
+#: glibc (mmap, trim) thresholds per host allocator mode (bytes); see :func:`use_host_allocator`.
+#: "glibc" is where glibc's own dynamic thresholds settle after large blocks were freed
+#: (mallopt(3): the mmap threshold rises to the size of a freed mmapped block, at most
+#: DEFAULT_MMAP_THRESHOLD_MAX = 32 MiB on 64-bit, and the trim threshold to twice that); the engine
+#: leaves the process there after a run, so code that runs next is not affected by medseg's setting.
+HOST_ALLOCATOR_THRESHOLDS = {
+    "strict": (2 << 20, 2 << 20),
+    "fast": (256 << 20, 256 << 20),
+    "glibc": (32 << 20, 64 << 20),
+}
+_ALLOCATOR_MODE: str | None = None
 
 
-def return_freed_memory_to_os(threshold: int = 2 << 20) -> bool:
-    """Make glibc give large freed blocks back to the OS at once (``mallopt``), so that the process
-    size follows the live tensors the planner predicts.
+def use_host_allocator(mode: str = "strict") -> bool:
+    """Set glibc's ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` (``mallopt(3)``) for the window loop.
 
-    By default glibc raises its mmap threshold up to 32 MiB as blocks are freed and keeps freed heap
-    blocks for reuse (mallopt(3), "M_MMAP_THRESHOLD"): after a few window batches the resident size
-    exceeds the live tensors by 50-200 MB. Blocks >= ``threshold`` are mmapped and unmapped instead.
-    A no-op (False) where glibc is not the allocator.
+    * ``strict`` (2 MiB): large blocks are mmapped and given back to the OS when freed, so the
+      process size follows the live tensors the planner predicts. By default glibc raises its mmap
+      threshold up to 32 MiB as blocks are freed and keeps freed heap blocks: after a few window
+      batches the resident size exceeded the live tensors by 50-200 MB (measured). The price is a
+      page fault per 4 KiB of every fresh activation: 40-50% of the time of a small 3D U-Net case.
+    * ``fast`` (256 MiB): activations come from the heap and are reused from one window batch to
+      the next; the process keeps what it freed, so the resident size may exceed the prediction.
+      The planner picks it only with ample headroom under the host budget
+      (:data:`medseg.inference.memory.FAST_ALLOCATOR_HEADROOM`).
+
+    The setting is process-wide (glibc has one allocator); :func:`host_allocator` scopes it to a
+    run. A no-op (False) where glibc is not the allocator.
     """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
+    global _ALLOCATOR_MODE
+    if mode not in HOST_ALLOCATOR_THRESHOLDS:
+        raise ValueError(f"unknown host allocator mode {mode!r}")
+    if _ALLOCATOR_MODE == mode:
         return True
     import ctypes
     import ctypes.util
@@ -142,14 +161,31 @@ def return_freed_memory_to_os(threshold: int = 2 << 20) -> bool:
 
     if not sys.platform.startswith("linux"):
         return False
+    mmap_threshold, trim_threshold = HOST_ALLOCATOR_THRESHOLDS[mode]
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, int(threshold)) == 1 and libc.mallopt(m_trim_threshold, int(threshold)) == 1
+        ok = libc.mallopt(m_mmap_threshold, mmap_threshold) == 1 and libc.mallopt(m_trim_threshold, trim_threshold) == 1
     except (OSError, AttributeError):
         return False
-    _MALLOC_TUNED = ok
+    _ALLOCATOR_MODE = mode if ok else None
     return ok
+
+
+def return_freed_memory_to_os() -> bool:
+    """The strict host allocator mode (kept for callers of the earlier name)."""
+    return use_host_allocator("strict")
+
+
+@contextlib.contextmanager
+def host_allocator(mode: str):
+    """``mode`` for the duration of a run, then glibc's settled thresholds ("glibc")."""
+    changed = use_host_allocator(mode)
+    try:
+        yield changed
+    finally:
+        if changed:
+            use_host_allocator("glibc")
 
 
 def is_out_of_memory(err: BaseException) -> bool:
@@ -314,7 +350,7 @@ class SourceGridFinaliser(Finaliser):
         return hi < self.received
 
     def _emit(self) -> None:
-        from medseg.inference.preprocess import resample_axis
+        from medseg.inference.preprocess import channel_argmax, source_planes
 
         nz = self.out_shape[2]
         while self.next_out < nz and self._ready(self.next_out):
@@ -325,14 +361,8 @@ class SourceGridFinaliser(Finaliser):
             x = (torch.arange(start, stop, dtype=torch.float64) * self.inv[2]).clamp(0, self.n_in - 1)
             lo, hi = int(x.min().floor()), min(int(x.max().floor()) + 1, self.n_in - 1)
             part = self.carry[..., lo - self.carry_lo : hi + 1 - self.carry_lo]
-            x_local = x - lo
-            i0 = x_local.floor().long()
-            i1 = (i0 + 1).clamp(max=part.shape[3] - 1)
-            w = (x_local - i0).to(part.dtype).reshape(1, 1, 1, -1)
-            part = torch.lerp(part.index_select(3, i0), part.index_select(3, i1), w)
-            part = resample_axis(part, 1, self.out_shape[0], self.inv[0])
-            part = resample_axis(part, 2, self.out_shape[1], self.inv[1])
-            self.labels[..., start:stop] = part.argmax(0).numpy().astype(self.dtype)
+            part = source_planes(part, x - lo, self.out_shape, self.inv)
+            self.labels[..., start:stop] = channel_argmax(part, self.dtype)
             self.next_out = stop
             if stop < nz:  # drop model planes no later source plane needs
                 keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes
@@ -374,8 +404,7 @@ def stream_windows(
 
     Returns ``finaliser.finish()``. Out-of-memory errors shrink the plan and resume (see module doc).
     """
-    return_freed_memory_to_os()
-    with torch.inference_mode():
+    with host_allocator(plan.host_allocator), torch.inference_mode():
         if spatial_dims == 2:
             _stream_slices(network, image, plan, finaliser, on_progress)
         else:
@@ -408,6 +437,7 @@ def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
             need = buffer_planes(starts, roi[2], plan.sw_batch_size)
             cap = min(max(need, plan.slab_depth), nz) if plan.streaming else nz
             agg = _Aggregation(padded_shape, cap, buf_lo, plan.aggregation_device, pads, shape, finaliser)
+            consts = ConstantWindows(plan.reuse_constant_windows)
             i = int(np.searchsorted(ends, buf_lo, side="right"))  # first window reaching an open plane
             while i < total:
                 group = starts[i : i + plan.sw_batch_size]
@@ -416,9 +446,7 @@ def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
                     agg.slide(zmin)  # planes below zmin are complete
                     buf_lo = agg.lo
                 wins = torch.cat([padded[:, x : x + roi[0], y : y + roi[1], z : z + roi[2]][None] for x, y, z in group])
-                with _autocast(plan):
-                    pred = _first(network(wins.to(plan.device)))
-                pred = pred.float()
+                pred = consts.predict(network, wins.to(plan.device), plan)
                 pred *= w
                 agg.add(pred.to(plan.aggregation_device), group, w_agg, roi)
                 del pred, wins  # not alive during the next forward pass or the finalisation
@@ -431,8 +459,74 @@ def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
         except Exception as err:  # noqa: BLE001 - only out-of-memory is handled; the rest is re-raised
             if not is_out_of_memory(err):
                 raise
-            agg = pred = wins = padded = None
+            agg = pred = wins = padded = consts = None
             plan = _fallback(plan, err, f"slab plane {max(buf_lo - pads[2][0], 0)}")
+
+
+#: largest logits of one window (bytes) kept for reuse by :class:`ConstantWindows`
+CONSTANT_WINDOW_MAX_BYTES = 128 << 20
+
+
+def constant_window_bytes(plan: Plan, classes: int) -> int:
+    """Bytes the engine may keep for one constant window's logits under ``plan`` (0: none kept)."""
+    size = classes * math.prod(int(r) for r in plan.roi_size) * 4
+    return size if plan.reuse_constant_windows and size <= CONSTANT_WINDOW_MAX_BYTES else 0
+
+
+def _forward(network, wins: torch.Tensor, plan: Plan) -> torch.Tensor:
+    if plan.channels_last and wins.dim() == 5:
+        wins = wins.contiguous(memory_format=torch.channels_last_3d)
+    with _autocast(plan):
+        pred = _first(network(wins))
+    return pred.float().contiguous()
+
+
+class ConstantWindows:
+    """Runs window batches; a window whose input is a single constant value (air clipped to the window
+    minimum, the zero padding around a small volume) is computed once and its logits reused.
+
+    The network is deterministic in eval mode, so identical input gives identical logits: reuse is
+    exact (up to the float32 rounding of a different batch composition). Only the first constant
+    value seen is kept, so the extra memory is one window's logits (counted by the planner).
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.key: tuple[float, ...] | None = None
+        self.logits: torch.Tensor | None = None
+        self.reused = 0
+
+    def predict(self, network, wins: torch.Tensor, plan: Plan) -> torch.Tensor:
+        if not self.enabled:
+            return _forward(network, wins, plan)
+        b, c = wins.shape[0], wins.shape[1]
+        flat = wins.reshape(b, c, -1)
+        first = flat[:, :, :1]
+        constant = (flat == first).all(dim=2).all(dim=1).tolist()
+        if not any(constant):
+            return _forward(network, wins, plan)
+        keys = [tuple(first[k, :, 0].tolist()) if constant[k] else None for k in range(b)]
+        reuse = [self.logits is not None and keys[k] == self.key for k in range(b)]
+        run = [k for k in range(b) if not reuse[k]]
+        if run:
+            got = _forward(network, wins[run], plan)
+            if self.logits is None and got[0].numel() * 4 <= CONSTANT_WINDOW_MAX_BYTES:
+                for j, k in enumerate(run):
+                    if keys[k] is not None:
+                        self.key, self.logits = keys[k], got[j : j + 1].clone()
+                        break
+            if not any(reuse):
+                return got
+        out = torch.empty((b, *self.logits.shape[1:]), dtype=torch.float32, device=wins.device)
+        j = 0
+        for k in range(b):
+            if reuse[k]:
+                out[k] = self.logits[0]
+                self.reused += 1
+            else:
+                out[k] = got[j]
+                j += 1
+        return out
 
 
 class _Aggregation:

@@ -25,6 +25,9 @@ Estimator. Every term is computed from shapes, never from a per-model constant:
   MONAI, the loaded model); on CUDA, the CUDA context and the caching allocator's slack, documented
   in ``benchmarks/README.md`` with their sources (not measured: no GPU was available).
 
+Measured counterpart of the activation term: :func:`profiled_peak_bytes` runs one real forward
+pass under ``torch.profiler`` (``profile_memory=True``) and replays its allocation events.
+
 Planner: enumerates device placements (image and aggregation on the GPU or the host), window
 batch sizes, full buffer or slab streaming, and -- only if nothing else fits -- smaller rois that
 the network can take; keeps the candidates whose predicted peaks fit the budgets and picks the
@@ -273,6 +276,34 @@ def trace_activations(
     return int(mode.peak), shape
 
 
+def profiled_peak_bytes(network: torch.nn.Module, x: torch.Tensor) -> int:
+    """Measured counterpart of :func:`trace_activations`: peak live bytes of PyTorch's CPU
+    allocations during ``network(x)`` on real tensors (``x`` excluded, the output included).
+
+    Runs the forward pass under ``torch.profiler`` with ``profile_memory=True`` and replays its
+    ``[memory]`` events (one per allocation, positive bytes, and per free, negative) in time
+    order. They are read from the profiler's Kineto results, because ``prof.events()`` folds each
+    allocation into the operator that made it (an im2col buffer allocated and freed inside one op
+    nets to zero there). Allocations outside PyTorch's allocator (MKL/oneDNN internals, freed
+    memory the C library keeps) are not seen: process RSS covers those.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = network(x)
+    del out
+    events = [
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU
+    ]
+    live = peak = 0
+    for _, nbytes in sorted(events, key=lambda e: e[0]):
+        live += nbytes
+        peak = max(peak, live)
+    return int(peak)
+
+
 def weights_bytes(network: torch.nn.Module) -> int:
     return int(sum(t.numel() * t.element_size() for t in list(network.parameters()) + list(network.buffers())))
 
@@ -488,7 +519,7 @@ def invert_bytes(work: Workload, push_planes: int | None = None) -> int:
 
 def estimate(work: Workload, plan: Plan, net: NetworkModel, framework_host: int = 0) -> Estimate:
     """Predicted peak memory of running ``plan`` on ``work``, per component and device."""
-    from medseg.inference.engine import chunk_planes
+    from medseg.inference.engine import chunk_planes, constant_window_bytes
 
     on_gpu = plan.device.startswith("cuda")
     dev_kind = "cuda" if on_gpu else "cpu"
@@ -508,6 +539,7 @@ def estimate(work: Workload, plan: Plan, net: NetworkModel, framework_host: int 
     weights = net.weights
     act = net.activations(cin, roi, b, dev_kind)
     windows = b * cin * roi_vox * F32 + (b * k * roi_vox * F32 if plan.precision != "fp32" and on_gpu else 0)
+    windows += constant_window_bytes(plan, k) if work.spatial_dims == 3 else 0  # one reused window's logits
     if work.spatial_dims == 3:
         aggregation = (k + 1) * plane_vox * depth * F32
         finalise_planes = min(chunk_planes(k, work.model_shape[0] * work.model_shape[1]), depth)
@@ -740,8 +772,25 @@ def _min_slab(work: Workload, plan: Plan) -> int:
     return max(1, int(plan.roi_size[2]))
 
 
+#: the fast host allocator (freed blocks kept for reuse, engine.use_host_allocator) only when
+#: ``predicted host peak x HEADROOM + EXTRA`` fits the host budget: with it the process measured up
+#: to 1.31x the strict-mode peak (benchmarks/README.md), a retention this model does not predict
+FAST_ALLOCATOR_HEADROOM = 1.5
+FAST_ALLOCATOR_EXTRA = 512 * MiB
+
+
+def host_allocator_for(est: Estimate, budgets: dict[str, int]) -> str:
+    fast = est.host_peak * FAST_ALLOCATOR_HEADROOM + FAST_ALLOCATOR_EXTRA <= budgets["host"]
+    return "fast" if fast else "strict"
+
+
 def _finish(plan: Plan, est: Estimate, budgets: dict[str, int], notes: list[str]) -> Plan:
-    return plan.replace(predicted_bytes=est.flat(), budget_bytes=dict(budgets), notes=tuple(notes))
+    return plan.replace(
+        predicted_bytes=est.flat(),
+        budget_bytes=dict(budgets),
+        notes=tuple(notes),
+        host_allocator=host_allocator_for(est, budgets),
+    )
 
 
 def _fmt(n: int | float) -> str:
@@ -762,6 +811,8 @@ def describe(result: PlanResult, work: Workload) -> str:
         f"roi               {'x'.join(map(str, p.roi_size))}  overlap {p.overlap}  blend {p.blend}",
         f"window batch      {p.sw_batch_size}  ({window_count(work, p)} windows)",
         f"image on          {p.image_device}",
+        f"host allocator    {p.host_allocator}"
+        + ("  (freed blocks reused: faster, peak may exceed the prediction)" if p.host_allocator == "fast" else ""),
         f"aggregation on    {p.aggregation_device}  "
         + (f"slab streaming, {aggregation_planes(work, p)} planes" if p.streaming else "full buffer"),
         "",

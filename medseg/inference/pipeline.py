@@ -73,6 +73,11 @@ class Segmenter:
         self._memory_model = None
         t0 = time.perf_counter()
         self.network, self.weights_sha256 = load_network(self.spec, self.device)
+        from medseg.inference.speed import fold_batchnorm
+
+        #: batch norms folded into the convolutions before them (same maths, one pass less)
+        self.folded_batchnorms = fold_batchnorm(self.network)
+        self._channels_last = False
         self.load_seconds = time.perf_counter() - t0
 
     def check_input(self, volume: Volume) -> None:
@@ -101,7 +106,24 @@ class Segmenter:
             if getattr(self, "gpu_budget", None) is not None or getattr(self, "host_budget", None) is not None:
                 raise MedsegError(result.message)
             warnings.warn(result.message + "; trying the smallest plan", MemoryFallbackWarning, stacklevel=2)
-        return result.plan
+        plan = result.plan
+        if plan.device == "cpu" and self.spec.network.spatial_dims == 3 and plan.host_allocator == "fast":
+            from medseg.inference.speed import tune_windows
+
+            # smaller batches than planned use less memory, so every candidate fits the budget
+            batch, cl = tune_windows(self.network, self.spec.network.in_channels, plan.roi_size, plan.sw_batch_size)
+            plan = plan.replace(sw_batch_size=batch, channels_last=cl)
+        return plan
+
+    def _use_layout(self, plan: Plan) -> None:
+        """Put the weights in the plan's memory layout (channels_last_3d or the default)."""
+        import torch
+
+        want = bool(plan.channels_last)
+        if want != getattr(self, "_channels_last", False) and isinstance(self.network, torch.nn.Module):
+            fmt = torch.channels_last_3d if want else torch.contiguous_format
+            self.network.to(memory_format=fmt)
+            self._channels_last = want
 
     def plan_memory(self, volume: Volume, overlap: float | None = None):
         """The planner's full answer (plan, per-component estimate, whether it fits) for ``volume``."""
@@ -142,6 +164,7 @@ class Segmenter:
         progress.stage("inference")
         n_classes = self.spec.network.out_channels
         dims = self.spec.network.spatial_dims
+        self._use_layout(plan)
         labels = infer_labels(self.network, image, plan, record, n_classes, dims, progress.update)
         # windows and inversion to the source grid are interleaved (slab streaming): one timing
         timings["inference"] = time.perf_counter() - t

@@ -26,6 +26,14 @@ class Plan:
     #: planes of the aggregation buffer along the last axis (3D) or slices per chunk (2D);
     #: 0 keeps the whole volume (MONAI's full buffer). Smaller values stream slab by slab.
     slab_depth: int = 0
+    #: glibc allocator mode on the host: "strict" (RSS follows live tensors, as predicted) or
+    #: "fast" (freed blocks are reused; chosen only with ample headroom), see engine.use_host_allocator
+    host_allocator: str = "strict"
+    #: run the network on channels_last_3d tensors (CPU, when timed faster: inference/speed.py)
+    channels_last: bool = False
+    #: reuse the logits of the first window whose input is one constant value (air after clipping,
+    #: padding) for every later window with exactly the same input: identical input, identical output
+    reuse_constant_windows: bool = True
     #: predicted peak bytes per component, filled in by the memory planner
     predicted_bytes: dict[str, int] = field(default_factory=dict)
     #: budgets the plan was made for (``gpu``/``host`` bytes), empty when unplanned

@@ -1,0 +1,139 @@
+"""The speed levers change how windows are computed, never what: folded batch norms, the channels-last
+layout, tuned window batches, reused constant windows, the argmax and the host allocator modes."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.inference import engine
+from medseg.inference.engine import ConstantWindows, LogitsCollector, stream_windows
+from medseg.inference.plan import Plan
+from medseg.inference.preprocess import channel_argmax
+from medseg.inference.speed import fold_batchnorm, tune_windows
+
+
+def _spleen_like(seed: int = 0) -> torch.nn.Module:
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(seed)
+    net = UNet(3, 1, 3, channels=(4, 8, 16), strides=(2, 2), num_res_units=2, norm="batch")
+    for m in net.modules():  # non-trivial running statistics, as after training
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return net.eval()
+
+
+def test_folding_batchnorm_keeps_the_outputs():
+    net = _spleen_like()
+    folded = copy.deepcopy(net)
+    n = fold_batchnorm(folded)
+    assert n == sum(isinstance(m, torch.nn.BatchNorm3d) for m in net.modules()) and n > 0
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    x = torch.randn(2, 1, 16, 16, 16)
+    with torch.inference_mode():
+        assert torch.allclose(net(x), folded(x), atol=1e-4, rtol=1e-4)
+
+
+def test_folding_leaves_training_networks_and_plain_sequentials_work():
+    net = _spleen_like().train()
+    assert fold_batchnorm(net) == 0
+    seq = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU()).eval()
+    seq[1].running_mean.uniform_(-1, 1)
+    ref = copy.deepcopy(seq)
+    assert fold_batchnorm(seq) == 1 and isinstance(seq[1], torch.nn.Identity)
+    x = torch.randn(1, 1, 8, 8)
+    assert torch.allclose(ref(x), seq(x), atol=1e-5)
+
+
+def test_channels_last_and_tuned_batches_give_the_same_logits(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = _spleen_like()
+    fold_batchnorm(net)
+    image = torch.rand(1, 40, 36, 30)
+    image[:, :, :, :10] = 0.0  # a constant region
+    base = Plan(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.5, reuse_constant_windows=False)
+    ref = stream_windows(net, image, base, LogitsCollector())
+    batch, cl = tune_windows(net, 1, (16, 16, 16), 4)
+    assert batch in (1, 2, 4) and isinstance(cl, bool)
+    cached = json.loads((tmp_path / "medseg" / "layout.json").read_text())
+    assert len(cached) == 1 and "seconds_per_window" in next(iter(cached.values()))
+    assert tune_windows(net, 1, (16, 16, 16), 4) == (batch, cl)  # from the cache
+    for plan in (
+        base.replace(channels_last=True),
+        base.replace(sw_batch_size=1),
+        base.replace(sw_batch_size=batch, channels_last=cl),
+    ):
+        net.to(memory_format=torch.channels_last_3d if plan.channels_last else torch.contiguous_format)
+        got = stream_windows(net, image, plan, LogitsCollector())
+        assert torch.allclose(got, ref, atol=1e-4), plan
+    net.to(memory_format=torch.contiguous_format)
+
+
+def test_constant_windows_are_computed_once_and_reused():
+    net = _spleen_like()
+    calls = {"windows": 0}
+
+    def counted(x):
+        calls["windows"] += x.shape[0]
+        return net(x)
+
+    image = torch.rand(1, 48, 48, 32)
+    image[:, :, :24, :] = 0.25  # air after clipping: one value
+    plan = Plan(roi_size=(16, 16, 16), sw_batch_size=3, overlap=0.5)
+    ref = stream_windows(counted, image, plan.replace(reuse_constant_windows=False), LogitsCollector())
+    all_windows = calls["windows"]
+    calls["windows"] = 0
+    got = stream_windows(counted, image, plan, LogitsCollector())
+    assert calls["windows"] < all_windows * 0.75  # about half the windows see only the constant
+    assert torch.allclose(got, ref, atol=1e-5)
+    assert torch.equal(got.argmax(0), ref.argmax(0))
+
+
+def test_constant_window_cache_keeps_one_value_and_mixed_batches():
+    net = _spleen_like()
+    cw = ConstantWindows(True)
+    plan = Plan(roi_size=(8, 8, 8))
+    wins = torch.stack([torch.full((1, 8, 8, 8), v) for v in (0.0, 0.5, 0.0)] + [torch.rand(1, 8, 8, 8)])
+    with torch.inference_mode():
+        first = cw.predict(net, wins, plan)
+        again = cw.predict(net, wins, plan)
+        ref = net(wins)
+    assert cw.key == (0.0,) and cw.reused == 2  # the second batch's two zero windows
+    assert torch.allclose(first, ref, atol=1e-5) and torch.allclose(again, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("classes", [2, 8, 105, 300])
+def test_channel_argmax_equals_torch_argmax_with_ties(classes):
+    g = torch.Generator().manual_seed(classes)
+    part = torch.randint(0, 4, (classes, 9, 7, 3), generator=g).float()  # many ties
+    dtype = np.uint8 if classes <= 256 else np.uint16
+    want = part.argmax(0).numpy().astype(dtype)
+    got = channel_argmax(part, dtype)
+    assert got.dtype == dtype and np.array_equal(got, want)
+
+
+def test_host_allocator_modes_are_scoped_to_a_run(monkeypatch):
+    seen = []
+    monkeypatch.setattr(engine, "use_host_allocator", lambda mode: seen.append(mode) or True)
+    net = torch.nn.Conv3d(1, 2, 1).eval()
+    stream_windows(net, torch.rand(1, 8, 8, 8), Plan(roi_size=(8, 8, 8), host_allocator="fast"), LogitsCollector())
+    assert seen == ["fast", "glibc"]
+
+
+def test_plans_pick_the_fast_allocator_only_with_headroom():
+    from medseg.inference.memory import FAST_ALLOCATOR_EXTRA, FAST_ALLOCATOR_HEADROOM, host_allocator_for
+
+    class Est:
+        host_peak = 1 << 30
+
+    roomy = int(Est.host_peak * FAST_ALLOCATOR_HEADROOM + FAST_ALLOCATOR_EXTRA)
+    assert host_allocator_for(Est(), {"host": roomy}) == "fast"
+    assert host_allocator_for(Est(), {"host": roomy - 1}) == "strict"
