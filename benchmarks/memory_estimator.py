@@ -6,8 +6,20 @@ model grid and the plan, records its resident size ``B`` (imports, model, image)
 measured run peak is ``VmHWM - B``; the predicted run peak is the estimator's host peak minus the
 terms already in ``B`` (framework, input, image, weights). Process peak = ``B`` + run.
 
-    python benchmarks/memory_estimator.py            # all rows (about 5 minutes on 2 cores)
+Second measurement, of the network part only: after the run, the same process runs one window
+batch (``batch x in_channels x roi``, random) through the network under ``torch.profiler`` with
+``profile_memory=True`` and replays the profiler's allocation/free events in time order; their
+running sum's maximum ("prof act") is the peak of live tensor bytes during that forward pass (the
+input excluded, the output included). It is compared with the estimator's activation term for
+that window batch ("pred act"). The profiler sees allocations of PyTorch's CPU allocator only
+(tensors, im2col buffers), not oneDNN's or MKL's internal buffers nor freed memory glibc keeps;
+those are in the RSS columns.
+
+    python benchmarks/memory_estimator.py            # all 13 rows (the 3 SwinUNETR rows: ~3 minutes on 2 cores)
     python benchmarks/memory_estimator.py --quick    # three rows
+    python benchmarks/memory_estimator.py --rows 0,10,11   # rows by index into ROWS
+
+The SwinUNETR rows need ``einops`` (``pip install einops``).
 """
 
 from __future__ import annotations
@@ -48,6 +60,9 @@ NETWORKS = {
         },
     ),
     "unet2d": ("UNet", 2, 8, {"channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 1}),
+    # the BTCV bundle's SwinUNETR (14 abdominal organs); needs einops (pip install einops)
+    "btcv-swinunetr": ("SwinUNETR", 3, 14, {"feature_size": 48}),
+    "swinunetr-fs24": ("SwinUNETR", 3, 14, {"feature_size": 24}),
 }
 
 # network, roi, batch, volume (model grid), slab depth (0 = full buffer)
@@ -62,6 +77,9 @@ ROWS = [
     ("dynunet", (64, 64, 64), 2, (160, 160, 100), 64),
     ("unet2d", (160, 128), 8, (200, 160, 60), 0),
     ("unet2d", (256, 256), 4, (256, 256, 40), 8),
+    ("btcv-swinunetr", (96, 96, 96), 1, (128, 128, 96), 0),
+    ("btcv-swinunetr", (64, 64, 64), 2, (128, 128, 64), 0),
+    ("swinunetr-fs24", (64, 64, 64), 1, (96, 96, 160), 64),
 ]
 QUICK = [0, 3, 8]
 
@@ -75,7 +93,7 @@ def run_row(args: dict) -> dict:
     import torch
 
     from medseg.inference.engine import infer_labels
-    from medseg.inference.memory import NetworkModel, Workload, estimate
+    from medseg.inference.memory import NetworkModel, Workload, estimate, profiled_peak_bytes
     from medseg.inference.plan import Plan
     from medseg.inference.preprocess import plan_grid
     from medseg.models.registry import build_network
@@ -108,6 +126,9 @@ def run_row(args: dict) -> dict:
     infer_labels(net, image, plan, record, out, dims)
     seconds = time.perf_counter() - t
     peak = _status("VmHWM")
+    # second measurement (after the RSS peak was read): one window batch under the torch profiler
+    window_batch = torch.rand((batch, 1, *roi), generator=torch.Generator().manual_seed(2))
+    profiled = profiled_peak_bytes(net, window_batch)
     est.host["preprocess_transient"] = 0  # this benchmark starts from the preprocessed image
     already_there = sum(est.host[k] for k in ("framework", "input", "image", "weights"))
     return {
@@ -117,6 +138,8 @@ def run_row(args: dict) -> dict:
         "measured_peak": peak,
         "predicted_run": est.host_peak - already_there,
         "terms": est.host,
+        "profiled_activations": profiled,
+        "predicted_activations": est.host["activations"],
         "seconds": seconds,
     }
 
@@ -124,21 +147,26 @@ def run_row(args: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--rows", help="comma-separated row indices into ROWS (default: all)")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.row:
         print(json.dumps(run_row(json.loads(args.row))))
         return
-    rows = [ROWS[i] for i in QUICK] if args.quick else ROWS
+    if args.rows:
+        rows = [ROWS[int(i)] for i in args.rows.split(",")]
+    else:
+        rows = [ROWS[i] for i in QUICK] if args.quick else ROWS
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch threads 2")
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
     head = (
         f"{'network':<20}{'roi':>12}{'b':>3}{'volume':>14}{'slab':>6}"
         f"{'pred run':>10}{'meas run':>10}{'ratio':>7}{'pred peak':>11}{'meas peak':>11}{'ratio':>7}{'s':>6}"
+        f"{'pred act':>10}{'prof act':>10}{'ratio':>7}"
     )
     print(head)
     print("-" * len(head))
-    worst = 0.0
+    worst = worst_act = 0.0
     for network, roi, batch, volume, slab in rows:
         spec = json.dumps({"network": network, "roi": roi, "batch": batch, "volume": volume, "slab": slab})
         res = subprocess.run([sys.executable, __file__, "--row", spec], capture_output=True, text=True, check=False)
@@ -149,14 +177,18 @@ def main() -> None:
         ratio_run = r["predicted_run"] / r["measured_run"]
         pred_peak = r["base"] + r["predicted_run"]
         ratio_peak = pred_peak / r["measured_peak"]
+        ratio_act = r["predicted_activations"] / r["profiled_activations"]
         worst = max(worst, abs(ratio_run - 1))
+        worst_act = max(worst_act, abs(ratio_act - 1))
         mib = 1 << 20
         print(
             f"{network:<20}{'x'.join(map(str, roi)):>12}{batch:>3}{'x'.join(map(str, volume)):>14}{slab:>6}"
             f"{r['predicted_run'] / mib:>9.0f}M{r['measured_run'] / mib:>9.0f}M{ratio_run:>7.2f}"
             f"{pred_peak / mib:>10.0f}M{r['measured_peak'] / mib:>10.0f}M{ratio_peak:>7.2f}{r['seconds']:>6.1f}"
+            f"{r['predicted_activations'] / mib:>9.0f}M{r['profiled_activations'] / mib:>9.0f}M{ratio_act:>7.2f}"
         )
     print(f"largest run-peak error: {worst * 100:.1f}% (target 15%)")
+    print(f"largest activation error vs the torch profiler: {worst_act * 100:.1f}%")
 
 
 if __name__ == "__main__":
