@@ -307,8 +307,8 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
     "--workers",
     default="auto",
     show_default=True,
-    help="Local inference streams. On a CPU, N > 1 starts N worker processes, each loading the model once "
-    "(auto: 2, more on 8+ cores); on a GPU streams share one model (auto: 1). 1: everything in this process.",
+    help="Local inference streams (auto: 1, one process). On a CPU, N > 1 starts N worker processes, each "
+    "loading the model once and using cores/N threads; on a GPU, N streams share one model.",
 )
 @click.option(
     "--scheduler", default="local", show_default=True, help="local, dask://HOST:PORT or local-cluster:N (Dask)."
@@ -358,6 +358,9 @@ def batch(
         raise click.UsageError("give -o OUT_DIR (or --status OUT_DIR)")
     if (input_dir is None) == (manifest is None):
         raise click.UsageError("give either INPUT_DIR or --manifest cases.csv")
+    from medseg.inference.host_memory import share_one_heap
+
+    share_one_heap()  # before any thread allocates: inference runs on a pool thread (host_memory.share_one_heap)
     from medseg.batch import CaseSettings, discover_cases, make_executor, read_manifest, run_batch, select_part
     from medseg.batch.cohort import DEFAULT_EXCLUDES
     from medseg.batch.executors import parse_scheduler

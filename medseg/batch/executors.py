@@ -1,12 +1,12 @@
 """Where cases run. The runner needs only ``submit(task) -> concurrent.futures.Future`` and
 ``capacity()`` (how many cases to keep in flight), so any backend with that shape plugs in.
 
-- :class:`LocalPipelineExecutor` (``--workers 1``, and on a GPU): one process, the model loaded
-  once, three stages on their own threads so reading/preprocessing the next case and writing the
-  previous one overlap with inference of the current one (as nnU-Net does with background
-  preprocessing and an export pool).
-- :class:`~medseg.batch.process_streams.ProcessStreamsExecutor` (default on a CPU, ``--workers N``
-  with N > 1): N worker processes, each running such a pipeline with its own copy of the model.
+- :class:`LocalPipelineExecutor` (default): one process, the model loaded once, three stages on
+  their own threads so reading/preprocessing the next case and writing the previous one overlap
+  with inference of the current one (as nnU-Net does with background preprocessing and an export
+  pool).
+- :class:`~medseg.batch.process_streams.ProcessStreamsExecutor` (``--workers N`` with N > 1 on a
+  CPU): N worker processes, each running such a pipeline with its own copy of the model.
 - :class:`~medseg.batch.dask_backend.DaskExecutor` (``--scheduler dask://HOST:PORT`` or
   ``local-cluster:N``): each Dask worker loads the model once (a worker plugin) and runs whole cases.
 """
@@ -43,8 +43,8 @@ class LocalPipelineExecutor:
 
     Args:
         settings: model, device and output options.
-        workers: inference streams (threads) sharing the one loaded model; None picks 2 on a CPU
-            (each with half the cores' torch threads) and 1 on a GPU.
+        workers: inference streams (threads) sharing the one loaded model (default 1; on a CPU each
+            gets cores / workers torch threads).
         processor: an already loaded :class:`CaseProcessor` (tests, or a caller that has a model).
         on_stage: called as ``on_stage(case_id, stage)`` from worker threads.
     """
@@ -60,7 +60,6 @@ class LocalPipelineExecutor:
             raise MedsegError(f"--workers must be at least 1 (got {workers})")
         self.settings = settings
         self.workers = workers or 1
-        self._auto = workers is None
         self.processor = processor
         self.on_stage = on_stage
         self._pools: list[cf.ThreadPoolExecutor] = []
@@ -73,10 +72,6 @@ class LocalPipelineExecutor:
         if self.processor is None:
             self.processor = CaseProcessor.load(self.settings)
         on_cpu = self.processor.segmenter.device == "cpu"
-        if self._auto:
-            # on a CPU, two streams with half the cores each keep every core busy while the other
-            # stream is in its serial parts; a GPU is best fed by one stream
-            self.workers = min(2, os.cpu_count() or 1) if on_cpu else 1
         self._torch_threads = None
         if self.workers > 1 and on_cpu:
             import torch
@@ -150,14 +145,14 @@ def _on_cpu(device: str) -> bool:
 
 
 def local_streams(device: str, workers: int | None) -> int:
-    """Inference streams for ``--scheduler local``: ``workers``, or for ``auto`` 1 on a GPU and on a
-    CPU 2 worker processes up to 8 cores, then one per 4 cores (at most 4)."""
-    if workers is not None:
-        return workers
-    cores = os.cpu_count() or 1
-    if cores < 2 or not _on_cpu(device):
-        return 1
-    return min(4, max(2, cores // 4))
+    """Inference streams for ``--scheduler local``: ``workers``, or 1 for ``auto``.
+
+    One stream is the measured best on the 2-core development machine: PyTorch's own threads keep
+    both cores busy (1.7x one thread), and two single-threaded worker processes were slower than one
+    two-threaded process (benchmarks/README.md, "Cohort throughput"). More streams are for machines
+    where one process cannot keep every core busy, and for several GPUs.
+    """
+    return workers if workers is not None else 1
 
 
 def parse_scheduler(scheduler: str) -> tuple[str, str | int | None]:

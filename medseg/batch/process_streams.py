@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -64,38 +65,56 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="medseg-parent-watch", daemon=True).start()
 
 
-def _worker_main(index: int, settings: CaseSettings, torch_threads: int, parent_pid: int, inbox, outbox) -> None:
-    """A worker process: load the model once, then pipeline the cases the parent sends."""
+def _worker_main(index: int, settings: CaseSettings, torch_threads: int, parent_pid: int, inbox, conn, stop) -> None:
+    """A worker process: load the model once, then pipeline the cases the parent sends.
+
+    Messages go back on a pipe of its own (``conn``): a worker killed while writing can then only
+    break its own pipe, never a queue lock that other workers share.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops the workers
+    from medseg.inference.host_memory import share_one_heap
+
+    share_one_heap()  # before the pipeline's threads allocate (see there)
     _die_with_parent(parent_pid)
     import torch
 
     from medseg.batch.case import CaseProcessor, one_line
     from medseg.batch.executors import LocalPipelineExecutor
 
+    lock = threading.Lock()
+
+    def send(message) -> None:
+        with lock:
+            conn.send(message)
+
     torch.set_num_threads(max(1, torch_threads))
     try:
         processor = CaseProcessor.load(settings)
     except BaseException as err:  # noqa: BLE001 - reported to the parent as one line
-        outbox.put(("load-failed", index, one_line(err)))
+        send(("load-failed", index, one_line(err)))
         return
-    outbox.put(("ready", index, os.getpid()))
+    send(("ready", index, os.getpid()))
 
     def on_stage(case_id: str, stage: str) -> None:
-        outbox.put(("stage", case_id, stage))
+        send(("stage", case_id, stage))
 
     def report(task: CaseTask, fut: cf.Future) -> None:
         err = fut.exception()
         result = fut.result() if err is None else failed_result(task, err)
-        outbox.put(("result", index, result))
+        send(("result", index, result))
 
     with LocalPipelineExecutor(settings, workers=1, processor=processor, on_stage=on_stage) as pipeline:
         while True:
-            task = inbox.get()
+            try:
+                task = inbox.get(timeout=0.5)
+            except queue.Empty:
+                if stop.is_set():  # the parent has every result: nothing more will come
+                    break
+                continue
             if task is None:
                 break
             pipeline.submit(task).add_done_callback(lambda fut, task=task: report(task, fut))
-    outbox.put(("stopped", index, None))
+    send(("stopped", index, None))
 
 
 @dataclass
@@ -103,6 +122,7 @@ class _Worker:
     index: int
     process: mp.process.BaseProcess
     inbox: object
+    conn: object  # the receiving end of the worker's pipe
     inflight: dict[str, tuple[CaseTask, cf.Future]] = field(default_factory=dict)
     alive: bool = False  # the model is loaded and the process has not died
     dead: bool = False  # its death has been handled
@@ -127,7 +147,7 @@ class ProcessStreamsExecutor:
         self.torch_threads = max(1, (os.cpu_count() or 1) // workers)
         self.description = f"local, {workers} worker processes ({self.torch_threads} torch thread(s) each), pipelined"
         self._ctx = mp.get_context("spawn")
-        self._outbox = None
+        self._stop = self._ctx.Event()
         self._pool: list[_Worker] = []
         self._lock = threading.Lock()
         self._waiting: list[tuple[CaseTask, cf.Future]] = []  # not yet given to a worker
@@ -137,7 +157,6 @@ class ProcessStreamsExecutor:
 
     # --- life cycle -------------------------------------------------------------------------
     def __enter__(self) -> ProcessStreamsExecutor:
-        self._outbox = self._ctx.Queue()
         try:
             for i in range(self.workers):
                 self._pool.append(self._start_worker(i))
@@ -151,10 +170,28 @@ class ProcessStreamsExecutor:
 
     def _start_worker(self, index: int) -> _Worker:
         inbox = self._ctx.Queue()
-        args = (index, self.settings, self.torch_threads, os.getpid(), inbox, self._outbox)
+        receive, send = self._ctx.Pipe(duplex=False)
+        args = (index, self.settings, self.torch_threads, os.getpid(), inbox, send, self._stop)
         process = self._ctx.Process(target=_worker_main, args=args, name=f"medseg-worker-{index}", daemon=True)
         process.start()
-        return _Worker(index, process, inbox)
+        send.close()  # the worker holds the only sending end: its death closes the pipe
+        return _Worker(index, process, inbox, receive)
+
+    def _messages(self, timeout: float) -> list[tuple]:
+        """Messages from every worker that has any within ``timeout``; a broken pipe (a worker
+        killed mid-message, or gone) yields nothing and is left to the death check."""
+        from multiprocessing.connection import wait
+
+        conns = {id(w.conn): w for w in self._pool if not w.dead}
+        out = []
+        for conn in wait([w.conn for w in conns.values()], timeout=timeout):
+            try:
+                while conn.poll():
+                    out.append(conn.recv())
+            except (EOFError, OSError, ValueError, pickle.UnpicklingError):
+                w = conns[id(conn)]
+                w.process.join(timeout=5)  # it is dying: let the death check see it
+        return out
 
     def _wait_ready(self, waiting: set[int]) -> None:
         """Block until the workers in ``waiting`` have loaded the model (or one failed to)."""
@@ -162,9 +199,8 @@ class ProcessStreamsExecutor:
 
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while waiting:
-            try:
-                kind, index, payload = self._outbox.get(timeout=1.0)
-            except queue.Empty:
+            messages = self._messages(1.0)
+            if not messages:
                 for i in list(waiting):
                     proc = self._pool[i].process
                     if not proc.is_alive():
@@ -173,17 +209,18 @@ class ProcessStreamsExecutor:
                 if time.monotonic() > deadline:
                     limit = f"{STARTUP_TIMEOUT_S:.0f} s"
                     raise MedsegError(f"batch workers did not load the model within {limit}") from None
-                continue
-            if kind == "load-failed":
-                raise ModelError(payload)
-            if kind == "ready":
-                self._pool[index].alive = True
-                waiting.discard(index)
+            for kind, index, payload in messages:
+                if kind == "load-failed":
+                    raise ModelError(payload)
+                if kind == "ready":
+                    self._pool[index].alive = True
+                    waiting.discard(index)
 
     def __exit__(self, exc_type, *exc) -> None:
         if exc_type is None:
+            self._stop.set()  # every worker leaves its loop once its inbox is empty
             for w in self._pool:
-                if w.alive:
+                if not w.dead:
                     w.inbox.put(None)
             for w in self._pool:
                 w.process.join(timeout=60)
@@ -242,31 +279,29 @@ class ProcessStreamsExecutor:
     # --- the parent's collector thread ----------------------------------------------------
     def _collect(self) -> None:
         while not self._stopping.is_set():
-            try:
-                kind, a, b = self._outbox.get(timeout=0.5)
-            except queue.Empty:
-                self._check_workers()
-                continue
-            except (EOFError, OSError):
-                return
-            if kind == "stage":
-                if self.on_stage:
-                    self.on_stage(a, b)
-            elif kind == "result":
-                with self._lock:
-                    worker = self._pool[a]
-                    entry = worker.inflight.pop(b.case_id, None)
-                    if not worker.inflight:
-                        worker.isolated = False
-                if entry is not None and not entry[1].done():
-                    entry[1].set_result(b)
-                self._dispatch()
-            elif kind == "ready":
-                with self._lock:
-                    self._pool[a].alive = True
-                self._dispatch()
-            elif kind == "load-failed":
-                self._fail_all(ModelError(b))
+            for message in self._messages(0.5):
+                self._handle(*message)
+            self._check_workers()
+
+    def _handle(self, kind: str, a, b) -> None:
+        if kind == "stage":
+            if self.on_stage:
+                self.on_stage(a, b)
+        elif kind == "result":
+            with self._lock:
+                worker = self._pool[a]
+                entry = worker.inflight.pop(b.case_id, None)
+                if not worker.inflight:
+                    worker.isolated = False
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(b)
+            self._dispatch()
+        elif kind == "ready":
+            with self._lock:
+                self._pool[a].alive = True
+            self._dispatch()
+        elif kind == "load-failed":
+            self._fail_all(ModelError(b))
 
     def _check_workers(self) -> None:
         """Replace dead workers. Their cases come back as suspects and run one at a time on an idle
@@ -279,6 +314,7 @@ class ProcessStreamsExecutor:
             with self._lock:
                 was_loaded, guilty = w.alive, w.isolated
                 w.alive, w.dead = False, True
+                w.conn.close()
                 orphans = list(w.inflight.values())
                 w.inflight.clear()
                 if was_loaded:  # replace it; cases wait for a live worker meanwhile

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
+from medseg.inference.host_memory import host_allocator
 from medseg.inference.plan import Plan
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -119,73 +120,6 @@ def _window_count(shape: tuple[int, ...], plan: Plan, spatial_dims: int) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # streaming engine
-
-
-#: glibc (mmap, trim) thresholds per host allocator mode (bytes); see :func:`use_host_allocator`.
-#: "glibc" is where glibc's own dynamic thresholds settle after large blocks were freed
-#: (mallopt(3): the mmap threshold rises to the size of a freed mmapped block, at most
-#: DEFAULT_MMAP_THRESHOLD_MAX = 32 MiB on 64-bit, and the trim threshold to twice that); the engine
-#: leaves the process there after a run, so code that runs next is not affected by medseg's setting.
-HOST_ALLOCATOR_THRESHOLDS = {
-    "strict": (2 << 20, 2 << 20),
-    "fast": (256 << 20, 256 << 20),
-    "glibc": (32 << 20, 64 << 20),
-}
-_ALLOCATOR_MODE: str | None = None
-
-
-def use_host_allocator(mode: str = "strict") -> bool:
-    """Set glibc's ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` (``mallopt(3)``) for the window loop.
-
-    * ``strict`` (2 MiB): large blocks are mmapped and given back to the OS when freed, so the
-      process size follows the live tensors the planner predicts. By default glibc raises its mmap
-      threshold up to 32 MiB as blocks are freed and keeps freed heap blocks: after a few window
-      batches the resident size exceeded the live tensors by 50-200 MB (measured). The price is a
-      page fault per 4 KiB of every fresh activation: 40-50% of the time of a small 3D U-Net case.
-    * ``fast`` (256 MiB): activations come from the heap and are reused from one window batch to
-      the next; the process keeps what it freed, so the resident size may exceed the prediction.
-      The planner picks it only with ample headroom under the host budget
-      (:data:`medseg.inference.memory.FAST_ALLOCATOR_HEADROOM`).
-
-    The setting is process-wide (glibc has one allocator); :func:`host_allocator` scopes it to a
-    run. A no-op (False) where glibc is not the allocator.
-    """
-    global _ALLOCATOR_MODE
-    if mode not in HOST_ALLOCATOR_THRESHOLDS:
-        raise ValueError(f"unknown host allocator mode {mode!r}")
-    if _ALLOCATOR_MODE == mode:
-        return True
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    mmap_threshold, trim_threshold = HOST_ALLOCATOR_THRESHOLDS[mode]
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, mmap_threshold) == 1 and libc.mallopt(m_trim_threshold, trim_threshold) == 1
-    except (OSError, AttributeError):
-        return False
-    _ALLOCATOR_MODE = mode if ok else None
-    return ok
-
-
-def return_freed_memory_to_os() -> bool:
-    """The strict host allocator mode (kept for callers of the earlier name)."""
-    return use_host_allocator("strict")
-
-
-@contextlib.contextmanager
-def host_allocator(mode: str):
-    """``mode`` for the duration of a run, then glibc's settled thresholds ("glibc")."""
-    changed = use_host_allocator(mode)
-    try:
-        yield changed
-    finally:
-        if changed:
-            use_host_allocator("glibc")
 
 
 def is_out_of_memory(err: BaseException) -> bool:

@@ -772,7 +772,7 @@ def _min_slab(work: Workload, plan: Plan) -> int:
     return max(1, int(plan.roi_size[2]))
 
 
-#: the fast host allocator (freed blocks kept for reuse, engine.use_host_allocator) only when
+#: the fast host allocator (freed blocks kept for reuse, host_memory.use_host_allocator) only when
 #: ``predicted host peak x HEADROOM + EXTRA`` fits the host budget: with it the process measured up
 #: to 1.31x the strict-mode peak (benchmarks/README.md), a retention this model does not predict
 FAST_ALLOCATOR_HEADROOM = 1.5

@@ -27,7 +27,7 @@ class Plan:
     #: 0 keeps the whole volume (MONAI's full buffer). Smaller values stream slab by slab.
     slab_depth: int = 0
     #: glibc allocator mode on the host: "strict" (RSS follows live tensors, as predicted) or
-    #: "fast" (freed blocks are reused; chosen only with ample headroom), see engine.use_host_allocator
+    #: "fast" (freed blocks are reused; chosen only with ample headroom), see host_memory.use_host_allocator
     host_allocator: str = "strict"
     #: run the network on channels_last_3d tensors (CPU, when timed faster: inference/speed.py)
     channels_last: bool = False

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.inference import engine
+from medseg.inference import host_memory
 from medseg.inference.engine import ConstantWindows, LogitsCollector, stream_windows
 from medseg.inference.plan import Plan
 from medseg.inference.preprocess import channel_argmax
@@ -122,7 +122,7 @@ def test_channel_argmax_equals_torch_argmax_with_ties(classes):
 
 def test_host_allocator_modes_are_scoped_to_a_run(monkeypatch):
     seen = []
-    monkeypatch.setattr(engine, "use_host_allocator", lambda mode: seen.append(mode) or True)
+    monkeypatch.setattr(host_memory, "use_host_allocator", lambda mode: seen.append(mode) or True)
     net = torch.nn.Conv3d(1, 2, 1).eval()
     stream_windows(net, torch.rand(1, 8, 8, 8), Plan(roi_size=(8, 8, 8), host_allocator="fast"), LogitsCollector())
     assert seen == ["fast", "glibc"]

@@ -1,0 +1,120 @@
+"""Each speed lever's effect on ``Segmenter.segment`` (preprocessing, windows, inversion, argmax), one
+lever switched off at a time, in this process, on the cases of ``speed_vs_monai.py``.
+
+Levers (medseg/inference/speed.py, host_memory.py, engine.py, preprocess.py): the fast host
+allocator (vs strict), batch norms folded into convolutions, the timed window batch and
+channels-last layout (vs the model's batch in the default layout), reuse of constant windows, the
+running-maximum class argmax (vs ``torch.argmax(0)``). Prints the best of ``--repeats`` runs per
+configuration and its ratio to "all levers on".
+
+    python benchmarks/speed_levers.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _configs():
+    """(label, plan changes, unfolded network, torch argmax); a batch of None is the model's own."""
+    return [
+        ("all levers on", {}, False, False),
+        ("strict host allocator", {"host_allocator": "strict"}, False, False),
+        ("batch norms not folded", {}, True, False),
+        ("model's window batch, default layout", {"channels_last": False, "sw_batch_size": None}, False, False),
+        ("no constant-window reuse", {"reuse_constant_windows": False}, False, False),
+        ("torch.argmax(0)", {}, False, True),
+        (
+            "all off",
+            {
+                "host_allocator": "strict",
+                "channels_last": False,
+                "sw_batch_size": None,
+                "reuse_constant_windows": False,
+            },
+            True,
+            True,
+        ),
+    ]
+
+
+def run(name: str, scan: Path, spec, repeats: int) -> None:
+    import torch
+
+    import medseg.inference.preprocess as pre
+    from medseg.inference.pipeline import Segmenter
+    from medseg.io import read_volume
+    from medseg.models.checkpoints import load_network
+
+    seg = Segmenter(spec, "cpu")
+    folded = seg.network
+    unfolded, _ = load_network(spec, "cpu")
+    volume = read_volume(scan)
+    plan = seg.plan_for(volume)
+    fast_argmax = pre.channel_argmax
+    results = []
+    for label, changes, unfold, slow_argmax in _configs():
+        changes = dict(changes)
+        if changes.get("sw_batch_size", 0) is None:
+            changes["sw_batch_size"] = spec.inference.sw_batch_size
+        p = plan.replace(**changes)
+        seg.network = unfolded if unfold else folded
+        seg._channels_last = False
+        seg.network.to(memory_format=torch.contiguous_format)
+        pre.channel_argmax = (lambda part, dtype: part.argmax(0).numpy().astype(dtype)) if slow_argmax else fast_argmax
+        try:
+            seg.segment(volume, p)  # warm-up (oneDNN primitives for these shapes)
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                seg.segment(volume, p)
+                best = min(best, time.perf_counter() - t)
+        finally:
+            pre.channel_argmax = fast_argmax
+        results.append((label, p, best))
+    on = results[0][2]
+    print(f"\n{name}: {volume.shape} voxels; plan: batch {plan.sw_batch_size}, channels_last {plan.channels_last}")
+    print(f"  {'configuration':<40}{'seconds':>9}{'vs all on':>11}")
+    for label, _, secs in results:
+        print(f"  {label:<40}{secs:>9.2f}{secs / on:>10.2f}x")
+
+
+def main() -> None:
+    import speed_vs_monai as svm
+    import torch
+
+    from medseg.io import read_volume, write_nifti
+    from medseg.models.registry import build_network, resolve_spec
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; torch threads 2")
+    print(f"date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        w = Path(tmp) / "spleen.pt"
+        torch.save(build_network(svm.spleen_like_spec(w)).state_dict(), w)
+        phantom = ROOT / "sample_data" / "phantom_ct.nii.gz"
+        run("phantom_ct + phantom-unet3d", phantom, resolve_spec(None), args.repeats)
+        run("phantom_ct + spleen recipe", phantom, svm.spleen_like_spec(w), args.repeats)
+        real = ROOT.parent / "shared" / "data" / "dicom" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
+        if real.is_dir():
+            nii = Path(tmp) / "real_ct.nii.gz"
+            write_nifti(read_volume(real), nii)
+            run("real CT 512x512x3 + spleen recipe", nii, svm.spleen_like_spec(w), args.repeats)
+
+
+if __name__ == "__main__":
+    main()

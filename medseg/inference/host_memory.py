@@ -1,0 +1,100 @@
+"""glibc's allocator, tuned for the window loop (Linux; a no-op elsewhere). No torch import here, so a
+command can set :func:`share_one_heap` before anything starts a thread.
+
+Why it matters: a window batch allocates and frees hundreds of MiB of activations. Where those
+blocks come from decides whether every window batch page-faults fresh memory (slow, but the process
+size follows the live tensors the memory planner predicts) or reuses freed heap (fast, but the
+process keeps what it freed). Measured effects: benchmarks/README.md, "Speed levers".
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+#: glibc (mmap, trim) thresholds per host allocator mode (bytes); see :func:`use_host_allocator`.
+#: "glibc" is where glibc's own dynamic thresholds settle after large blocks were freed
+#: (mallopt(3): the mmap threshold rises to the size of a freed mmapped block, at most
+#: DEFAULT_MMAP_THRESHOLD_MAX = 32 MiB on 64-bit, and the trim threshold to twice that); the engine
+#: leaves the process there after a run, so code that runs next is not affected by medseg's setting.
+HOST_ALLOCATOR_THRESHOLDS = {
+    "strict": (2 << 20, 2 << 20),
+    "fast": (256 << 20, 256 << 20),
+    "glibc": (32 << 20, 64 << 20),
+}
+_ALLOCATOR_MODE: str | None = None
+
+
+def use_host_allocator(mode: str = "strict") -> bool:
+    """Set glibc's ``M_MMAP_THRESHOLD``/``M_TRIM_THRESHOLD`` (``mallopt(3)``) for the window loop.
+
+    * ``strict`` (2 MiB): large blocks are mmapped and given back to the OS when freed, so the
+      process size follows the live tensors the planner predicts. By default glibc raises its mmap
+      threshold up to 32 MiB as blocks are freed and keeps freed heap blocks: after a few window
+      batches the resident size exceeded the live tensors by 50-200 MB (measured). The price is a
+      page fault per 4 KiB of every fresh activation: 40-50% of the time of a small 3D U-Net case.
+    * ``fast`` (256 MiB): activations come from the heap and are reused from one window batch to
+      the next; the process keeps what it freed, so the resident size may exceed the prediction.
+      The planner picks it only with ample headroom under the host budget
+      (:data:`medseg.inference.memory.FAST_ALLOCATOR_HEADROOM`).
+
+    The setting is process-wide (glibc has one allocator); :func:`host_allocator` scopes it to a
+    run. A no-op (False) where glibc is not the allocator.
+    """
+    global _ALLOCATOR_MODE
+    if mode not in HOST_ALLOCATOR_THRESHOLDS:
+        raise ValueError(f"unknown host allocator mode {mode!r}")
+    if _ALLOCATOR_MODE == mode:
+        return True
+    libc = _libc()
+    if libc is None:
+        return False
+    mmap_threshold, trim_threshold = HOST_ALLOCATOR_THRESHOLDS[mode]
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    try:
+        ok = libc.mallopt(m_mmap_threshold, mmap_threshold) == 1 and libc.mallopt(m_trim_threshold, trim_threshold) == 1
+    except AttributeError:
+        return False
+    _ALLOCATOR_MODE = mode if ok else None
+    return ok
+
+
+def share_one_heap() -> bool:
+    """Let every thread allocate from glibc's main heap (``M_ARENA_MAX`` = 1), as the main thread does.
+
+    A thread other than the main one gets its own glibc arena, whose heaps are at most 64 MiB: any
+    larger block (most activations) is mmapped and faulted in page by page whatever
+    ``M_MMAP_THRESHOLD`` says (measured: a 3D U-Net case ran 0.87 s in a worker thread, 0.68 s in
+    the main thread, 0.72 s in a worker thread with one arena). glibc fixes its arena limit when the
+    first extra arena is made, so commands call it before anything starts a thread. A no-op (False) where
+    glibc is not the allocator.
+    """
+    libc = _libc()
+    try:
+        return libc is not None and libc.mallopt(-8, 1) == 1  # M_ARENA_MAX
+    except AttributeError:
+        return False
+
+
+@contextlib.contextmanager
+def host_allocator(mode: str):
+    """``mode`` for the duration of a run, then glibc's settled thresholds ("glibc")."""
+    changed = use_host_allocator(mode)
+    try:
+        yield changed
+    finally:
+        if changed:
+            use_host_allocator("glibc")
