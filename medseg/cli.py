@@ -519,8 +519,10 @@ def view(image, labels, window, model, no_widget, screenshot) -> None:
       medseg view dicom/CT_series/ --window lung
       medseg view scan.nii.gz scan_seg.nii.gz --screenshot review.png
     """
+    from medseg.inference.host_memory import share_one_heap
     from medseg.viewer.launch import require_napari
 
+    share_one_heap()  # the panel segments on a worker thread (host_memory.share_one_heap)
     require_napari()
     if screenshot is not None:
         from medseg.viewer.display import virtual_display
