@@ -301,7 +301,9 @@ class SourceGridFinaliser(Finaliser):
             if stop < nz:  # drop model planes no later source plane needs
                 keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes
                 if keep_from > self.carry_lo:
-                    self.carry = self.carry[..., keep_from - self.carry_lo :].contiguous()
+                    # a view, not a copy: a single 2D push would otherwise copy nearly all its logits
+                    # once per chunk; the next push's cat releases the dropped planes' storage
+                    self.carry = self.carry[..., keep_from - self.carry_lo :]
                     self.carry_lo = keep_from
 
     def finish(self) -> np.ndarray:
