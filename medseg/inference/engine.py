@@ -300,10 +300,10 @@ class SourceGridFinaliser(Finaliser):
             self.next_out = stop
             if stop < nz:  # drop model planes no later source plane needs
                 keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes
-                if keep_from > self.carry_lo:
-                    # a view, not a copy: a single 2D push would otherwise copy nearly all its logits
-                    # once per chunk; the next push's cat releases the dropped planes' storage
-                    self.carry = self.carry[..., keep_from - self.carry_lo :]
+                # once every model plane has arrived nothing more is concatenated, so dropping planes
+                # frees nothing: a single 2D push would copy nearly all its logits once per chunk
+                if keep_from > self.carry_lo and self.received < self.n_in:
+                    self.carry = self.carry[..., keep_from - self.carry_lo :].contiguous()
                     self.carry_lo = keep_from
 
     def finish(self) -> np.ndarray:
