@@ -544,9 +544,10 @@ def estimate(work: Workload, plan: Plan, net: NetworkModel, framework_host: int 
         aggregation = (k + 1) * plane_vox * depth * F32
         finalise_planes = min(chunk_planes(k, work.model_shape[0] * work.model_shape[1]), depth)
         finalise = k * work.model_shape[0] * work.model_shape[1] * finalise_planes * F32
-    else:  # MONAI's inferer over a chunk of slices: sums and weights per slice, then the cropped copy
-        aggregation = (2 * k + 1) * plane_vox * depth * F32
-        finalise, finalise_planes = 0, depth
+    else:  # MONAI's inferer over a chunk of slices: sums and weights while the windows run, then the
+        # divided output (a new tensor, made after the last window, alive with the inversion)
+        aggregation = (k + 1) * plane_vox * depth * F32
+        finalise, finalise_planes = k * plane_vox * depth * F32, depth
     image = cin * model_vox * F32
     if padded != tuple(work.model_shape) and work.spatial_dims == 3:
         image += cin * _vox(padded) * F32
