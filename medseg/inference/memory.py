@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from medseg.errors import MedsegError
+from medseg.inference.disk_cache import JsonCache, cache_key
 from medseg.inference.plan import Plan
 
 GiB = 1 << 30
@@ -371,63 +372,16 @@ class NetworkModel:
     def _trace(self, in_channels, roi, batch, device_kind) -> int:
         key = (in_channels, tuple(roi), batch, device_kind)
         if key not in self._cache:
-            disk = _TraceCache()
-            disk_key = disk.key(self.network, (batch, in_channels, *roi), device_kind)
+            # traced peaks on disk: the first trace in a process costs about 2 s (PyTorch loads its
+            # Python dispatcher); keyed by torch version, device kind, input shape and architecture
+            disk = JsonCache("activations")
+            disk_key = cache_key(torch.__version__, device_kind, (batch, in_channels, *roi), repr(self.network))
             hit = disk.get(disk_key)
-            if hit is None:
+            if not isinstance(hit, int):
                 hit = trace_activations(self.network, (batch, in_channels, *roi), device_kind)[0]
                 disk.put(disk_key, hit)
             self._cache[key] = (int(hit), ())
         return self._cache[key][0]
-
-
-class _TraceCache:
-    """Traced peaks on disk (``~/.cache/medseg/activations.json``): the first trace in a process
-    costs about 2 s (PyTorch loads its Python dispatcher), later runs of the same network skip it.
-    Keyed by the module's printed architecture, input shape, device kind and torch version."""
-
-    def __init__(self) -> None:
-        import os
-
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        self.path = os.path.join(base, "medseg", "activations.json")
-
-    @staticmethod
-    def key(network, shape, device_kind) -> str:
-        import hashlib
-
-        text = f"{torch.__version__}|{device_kind}|{tuple(shape)}|{network!r}"
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-    def _read(self) -> dict:
-        import json
-
-        try:
-            with open(self.path) as fh:
-                data = json.load(fh)
-            return data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            return {}
-
-    def get(self, key: str) -> int | None:
-        v = self._read().get(key)
-        return int(v) if isinstance(v, int) else None
-
-    def put(self, key: str, value: int) -> None:
-        import json
-        import os
-        import tempfile
-
-        try:
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            data = self._read()
-            data[key] = int(value)
-            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, self.path)
-        except OSError:
-            pass  # a cache only
 
 
 def _vox(shape) -> int:

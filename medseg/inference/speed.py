@@ -15,13 +15,13 @@ float32 rounding (tests/inference/test_speed.py). Measured effects: benchmarks/R
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import time
 
 import torch
+
+from medseg.inference.disk_cache import JsonCache, cache_key
 
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
 _CONV_T = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
@@ -77,11 +77,6 @@ def fold_batchnorm(network: torch.nn.Module) -> int:
     return folded
 
 
-def _layout_cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "medseg", "layout.json")
-
-
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as fh:
@@ -110,27 +105,20 @@ def tune_windows(network: torch.nn.Module, in_channels: int, roi: tuple[int, ...
     Window batches 1, 2, 4, .. up to ``max_batch`` (the memory plan's, so every candidate fits) in
     both memory layouts are timed once on a random batch and the answer cached, keyed by the
     network's architecture, the shapes, torch's thread count and version and the CPU model. Larger
-    batches are not always faster on a CPU (measured: the spleen U-Net ran 2 windows of 96^3 in 40%
-    of the time of 4). ``MEDSEG_CHANNELS_LAST=0|1`` forces the layout.
+    batches are not always faster on a CPU (measured once: 4 spleen U-Net windows of 96^3 took 0.32 s
+    as two batches of 2 and 0.40 s as one of 4; equal in another run). ``MEDSEG_CHANNELS_LAST=0|1`` forces the layout.
     """
     forced = os.environ.get("MEDSEG_CHANNELS_LAST")
     layouts = [forced == "1"] if forced in ("0", "1") else [False, True]
     if len(roi) != 3 or isinstance(network, torch.jit.ScriptModule):
         return max_batch, False
     batches = sorted({b for b in (1, 2, 4, 8, 16) if b <= max_batch} | {max_batch})
-    text = (
-        f"{torch.__version__}|{torch.get_num_threads()}|{_cpu_name()}|{in_channels}|{tuple(roi)}|"
-        f"{batches}|{layouts}|{network!r}"
-    )
-    key = hashlib.sha256(text.encode()).hexdigest()[:32]
-    path = _layout_cache_path()
-    try:
-        with open(path) as fh:
-            cache = json.load(fh)
-    except (OSError, ValueError):
-        cache = {}
-    if key in cache:
-        return int(cache[key]["batch"]), bool(cache[key]["channels_last"])
+    threads = torch.get_num_threads()
+    key = cache_key(torch.__version__, threads, _cpu_name(), in_channels, tuple(roi), batches, layouts, repr(network))
+    cache = JsonCache("layout")
+    hit = cache.get(key)
+    if isinstance(hit, dict) and "batch" in hit:
+        return int(hit["batch"]), bool(hit["channels_last"])
     timings = {}
     try:
         for cl in layouts:
@@ -145,17 +133,6 @@ def tune_windows(network: torch.nn.Module, in_channels: int, roi: tuple[int, ...
     best = min(timings, key=timings.get)
     if best[1] and timings[best] > 0.95 * plain:  # a clear win only for a layout change
         best = min((k for k in timings if not k[1]), key=timings.get)
-    cache[key] = {
-        "batch": best[0],
-        "channels_last": best[1],
-        "seconds_per_window": {f"b{b}{' channels_last' if cl else ''}": round(t, 4) for (b, cl), t in timings.items()},
-    }
-    try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(cache, fh, indent=1)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a read-only home: decide again next time
+    seconds = {f"b{b}{' channels_last' if cl else ''}": round(t, 4) for (b, cl), t in timings.items()}
+    cache.put(key, {"batch": best[0], "channels_last": best[1], "seconds_per_window": seconds})
     return best
