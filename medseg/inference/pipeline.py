@@ -30,6 +30,7 @@ from medseg.inference.plan import Plan, resolve_device
 from medseg.io.atomic import TMP_MARKER, write_text_atomic
 from medseg.io.validate import channels_of
 from medseg.models.spec import ModelSpec
+from medseg.postprocess import label_counts as count_labels
 from medseg.progress import NULL_PROGRESS, Progress
 from medseg.volume import Volume
 
@@ -296,7 +297,7 @@ def write_outputs(
 
     volume, spec = segmentation.image, segmenter.spec
     names = spec.label_names()
-    counts = np.bincount(segmentation.labels.reshape(-1), minlength=spec.network.out_channels)
+    counts = count_labels(segmentation.labels, spec.network.out_channels)
     label_counts = {names.get(i, f"label_{i}"): int(counts[i]) for i in range(1, len(counts))}
     written: list[Path] = []
     t = time.perf_counter()

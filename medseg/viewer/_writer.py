@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.postprocess import label_counts
 from medseg.viewer.geometry import DisplayGeometry
 from medseg.viewer.layers import META_KEY, geometry_of, info_from_layer, sidecar_path, source_meta_of
 from medseg.volume import Volume
@@ -72,7 +73,7 @@ def write_sidecar(labels_path: Path, labels: np.ndarray, like: Volume, info: dic
             record = json.loads(path.read_text())
         except ValueError:
             record = {}
-    counts = np.bincount(labels.reshape(-1), minlength=max(info, default=0) + 1)
+    counts = label_counts(labels, max(info, default=0) + 1)
     record["labels"] = {str(k): {"name": name, "color": list(rgb)} for k, (name, rgb) in sorted(info.items())}
     record["label_voxels"] = {info.get(i, (f"label_{i}",))[0]: int(counts[i]) for i in range(1, len(counts))}
     record.setdefault("input", {"path": like.meta.get("source"), "shape": list(like.shape)})
