@@ -98,3 +98,17 @@ def host_allocator(mode: str):
     finally:
         if changed:
             use_host_allocator("glibc")
+
+
+def available_host_bytes() -> int:
+    """``MemAvailable`` from /proc/meminfo (what Linux can hand out without swapping)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import psutil
+
+    return int(psutil.virtual_memory().available)

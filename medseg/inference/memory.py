@@ -46,6 +46,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.inference.disk_cache import JsonCache, cache_key
+from medseg.inference.host_memory import available_host_bytes
 from medseg.inference.plan import Plan
 
 GiB = 1 << 30
@@ -82,20 +83,6 @@ def free_gpu_bytes(device: str) -> int:
     """Free memory on a CUDA device right now (``cudaMemGetInfo``)."""
     free, _total = torch.cuda.mem_get_info(torch.device(device))
     return int(free)
-
-
-def available_host_bytes() -> int:
-    """``MemAvailable`` from /proc/meminfo (what Linux can hand out without swapping)."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.virtual_memory().available)
 
 
 def process_rss_bytes() -> int:
