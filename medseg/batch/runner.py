@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.batch.case import CaseResult, CaseSettings, CaseTask, failed_result, file_sha256, one_line
-from medseg.batch.cohort import Case, content_sha256, stat_fingerprint
+from medseg.batch.cohort import Case, Fingerprint, content_sha256, stat_fingerprint
 from medseg.batch.ledger import CaseRecord, CohortLedger
 from medseg.errors import MedsegError
 from medseg.io.atomic import TMP_MARKER, write_text_atomic
@@ -349,8 +349,15 @@ def run_batch(
     return summary
 
 
+def _largest_first(decisions: list[Decision]) -> list[Decision]:
+    """Biggest inputs first (stable for equal sizes): the last cases to start are then the short
+    ones, so parallel streams finish together instead of one running a big case alone at the end."""
+    sizes = {id(d): (stat_fingerprint(d.case.input_path) or Fingerprint(0, 0)).size for d in decisions}
+    return sorted(decisions, key=lambda d: -sizes[id(d)])
+
+
 def _drive(to_run, out_dir, executor, ledger, key, run_id, reporter, summary) -> None:
-    pending = deque(to_run)
+    pending = deque(_largest_first(to_run))
     inflight: dict[cf.Future, CaseTask] = {}
     while pending or inflight:
         while pending and len(inflight) < executor.capacity():
