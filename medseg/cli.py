@@ -307,8 +307,9 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
     "--workers",
     default="auto",
     show_default=True,
-    help="Local inference streams (auto: 1, one process). On a CPU, N > 1 starts N worker processes, each "
-    "loading the model once and using cores/N threads; on a GPU, N streams share one model.",
+    help="Local inference streams (auto: 2 worker processes on a CPU with 2+ cores, else 1). On a CPU, N > 1 "
+    "starts N worker processes, each loading the model once and using cores/N threads; 1 runs in this "
+    "process; on a GPU, N streams share one model.",
 )
 @click.option(
     "--scheduler", default="local", show_default=True, help="local, dask://HOST:PORT or local-cluster:N (Dask)."
@@ -367,6 +368,16 @@ def batch(
     from medseg.batch.report import make_reporter
 
     parse_scheduler(scheduler)  # a typo fails now, not after discovery
+    if workers == "auto":
+        n_workers = None
+    elif workers.isdigit() and int(workers) >= 1:
+        n_workers = int(workers)
+    else:
+        raise click.BadParameter(f"expected a number >= 1 or auto, got {workers!r}", param_hint="--workers")
+    settings = CaseSettings(model=model, device=device, stats=stats, preview=preview, overlap=overlap)
+    reporter = make_reporter(quiet)
+    # made before discovery: local worker processes start importing torch while the cohort is scanned
+    executor = make_executor(scheduler, settings, workers=n_workers, on_stage=reporter.stage)
     if manifest is not None:
         cases = read_manifest(manifest)
     else:
@@ -374,15 +385,6 @@ def batch(
     cases = select_part(cases, num_parts, part_id)
     if not cases:
         raise MedsegError("no scans found (.nii, .nii.gz, .nrrd, .mha, .mhd)", manifest or input_dir)
-    settings = CaseSettings(model=model, device=device, stats=stats, preview=preview, overlap=overlap)
-    reporter = make_reporter(quiet)
-    if workers == "auto":
-        n_workers = None
-    elif workers.isdigit() and int(workers) >= 1:
-        n_workers = int(workers)
-    else:
-        raise click.BadParameter(f"expected a number >= 1 or auto, got {workers!r}", param_hint="--workers")
-    executor = make_executor(scheduler, settings, workers=n_workers, on_stage=reporter.stage)
     summary = run_batch(
         cases,
         out_dir,

@@ -1,12 +1,14 @@
 """Where cases run. The runner needs only ``submit(task) -> concurrent.futures.Future`` and
 ``capacity()`` (how many cases to keep in flight), so any backend with that shape plugs in.
 
-- :class:`LocalPipelineExecutor` (default): one process, the model loaded once, three stages on
-  their own threads so reading/preprocessing the next case and writing the previous one overlap
-  with inference of the current one (as nnU-Net does with background preprocessing and an export
-  pool).
-- :class:`~medseg.batch.process_streams.ProcessStreamsExecutor` (``--workers N`` with N > 1 on a
-  CPU): N worker processes, each running such a pipeline with its own copy of the model.
+- :class:`~medseg.batch.process_streams.ProcessStreamsExecutor` (the default on a CPU with 2+
+  cores, and ``--workers N`` with N > 1 on a CPU): N worker processes, each with its own copy of the
+  model and ``cores // N`` torch threads, running cases back to back; one worker's reading and
+  writing overlap the others' inference.
+- :class:`LocalPipelineExecutor` (a GPU, one core, or ``--workers 1``): one process, the model
+  loaded once, three stages on their own threads so reading/preprocessing the next case and
+  writing the previous one overlap with inference of the current one (as nnU-Net does with
+  background preprocessing and an export pool).
 - :class:`~medseg.batch.dask_backend.DaskExecutor` (``--scheduler dask://HOST:PORT`` or
   ``local-cluster:N``): each Dask worker loads the model once (a worker plugin) and runs whole cases.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -139,20 +142,32 @@ class LocalPipelineExecutor:
 
 
 def _on_cpu(device: str) -> bool:
+    """Whether ``device`` resolves to the CPU; without importing torch (1-2 s) where no GPU driver is
+    present, so that the workers' start-up is not held up by the parent's."""
+    device = (device or "auto").lower()
+    if device == "cpu":
+        return True
+    if device == "auto" and sys.platform.startswith("linux"):
+        gpu_nodes = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+        if not any(os.path.exists(p) for p in gpu_nodes):
+            return True
     from medseg.inference.plan import resolve_device
 
     return resolve_device(device) == "cpu"
 
 
 def local_streams(device: str, workers: int | None) -> int:
-    """Inference streams for ``--scheduler local``: ``workers``, or 1 for ``auto``.
+    """Inference streams for ``--scheduler local``: ``workers``, or for ``auto`` two worker processes
+    on a CPU with two or more cores (one GPU, or one core: one stream).
 
-    One stream is the measured best on the 2-core development machine: PyTorch's own threads keep
-    both cores busy (1.7x one thread), and two single-threaded worker processes were slower than one
-    two-threaded process (benchmarks/README.md, "Cohort throughput"). More streams are for machines
-    where one process cannot keep every core busy, and for several GPUs.
+    Two processes with half the cores each beat one process with all of them on the 2-core
+    development machine: one's single-threaded reading, resampling and writing overlaps the other's
+    network (benchmarks/README.md, "Cohort throughput"). More streams cost a model and a case in
+    memory each, for little more overlap.
     """
-    return workers if workers is not None else 1
+    if workers is not None:
+        return workers
+    return 2 if (os.cpu_count() or 1) >= 2 and _on_cpu(device) else 1
 
 
 def parse_scheduler(scheduler: str) -> tuple[str, str | int | None]:

@@ -1,21 +1,23 @@
-"""Inference streams as worker processes: the default for ``medseg batch --workers N`` (N > 1) on a CPU.
+"""Inference streams as worker processes: the default of ``medseg batch`` on a CPU with 2+ cores.
 
-Why processes and not threads: on a CPU, PyTorch's intra-op threads scale poorly for the small
-convolutions of one window batch, and a second stream on a thread of the same process shares the
-interpreter lock with the first one's Python-level work (the window loop, resampling set-up, the
-writers). N single-threaded processes keep N cores busy instead (benchmarks/README.md, "Cohort
-throughput").
+Why processes and not threads: on a CPU, one case's network already keeps PyTorch's threads busy,
+and a read or write thread beside them stalls the whole OpenMP team at every barrier (one case
+went from 0.63 s to ~0.8 s of inference when the next case was read meanwhile). Two worker
+processes, each with half the cores and running its cases back to back, overlap differently: while
+one reads, resamples and writes (single-threaded work), the other runs its network, and neither
+waits on the other's threads (benchmarks/README.md, "Cohort throughput").
 
-Each worker process (``spawn``, so nothing of the parent's state leaks in) loads the model once and
-runs its own :class:`~medseg.batch.executors.LocalPipelineExecutor` with one inference stream, so
-within a worker the next case is read and the previous one written while the current one is
-inferred. The parent keeps the ledger: it sends :class:`CaseTask` s to the worker with the fewest
-cases in flight and receives plain :class:`CaseResult` s back.
+Start-up: on Linux the workers are forked from a ``forkserver`` that has already imported torch,
+MONAI and medseg (started as soon as the executor is made, so the import overlaps the parent's
+cohort scan and ledger checks); each worker then loads the model once. Elsewhere they are spawned.
+
+The parent keeps the ledger: it sends :class:`CaseTask` s to the worker with the fewest cases in
+flight (two each, so a worker never waits for the next) and receives plain :class:`CaseResult` s.
 
 Safety:
-- a worker dies with its parent (``PR_SET_PDEATHSIG`` on Linux, plus a parent-pid watchdog), so a
-  SIGKILLed batch leaves no orphan writing into the output folder; what it was writing is a temp
-  file that the next run removes;
+- a worker dies with the batch (``PR_SET_PDEATHSIG`` on Linux, plus a watchdog on the batch's pid),
+  so a SIGKILLed batch leaves no orphan writing into the output folder; what it was writing is a
+  temp file that the next run removes;
 - a worker that dies (killed, out of memory, a crash in a native library) is replaced; the cases it
   had in flight are retried one at a time, each alone on a worker, and a case that kills the worker
   it runs alone on is recorded as failed with a one-line reason: one poisonous scan cannot stop the
@@ -30,91 +32,139 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 
 from medseg.batch.case import CaseResult, CaseSettings, CaseTask, failed_result
 from medseg.errors import MedsegError, ModelError
 
-#: cases one worker holds at once: one inferring, one read ahead, one written behind, one spare
-CASES_PER_WORKER = 4
+#: cases one worker holds at once: the one it runs and the next, so it never waits for the parent
+CASES_PER_WORKER = 2
 #: how long a worker may take to import torch and load the model before the batch gives up
 STARTUP_TIMEOUT_S = 600.0
+#: what the forkserver imports once for every worker it forks
+PRELOAD = ["medseg.batch.process_streams", "medseg.inference.pipeline", "torch", "monai.networks.nets"]
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies; poll as a fallback."""
+def worker_context():
+    """``forkserver`` with the heavy imports preloaded on Linux (started now, in the background), else
+    ``spawn``. Forking from a server that has only imported torch (no thread pool yet) is safe."""
+    if not sys.platform.startswith("linux"):
+        return mp.get_context("spawn")
+    from multiprocessing import forkserver
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    forkserver.ensure_running()
+    return ctx
+
+
+def _equal_share(workers: int) -> int | None:
+    if workers <= 1:
+        return None
+    from medseg.inference.host_memory import available_host_bytes
+
+    return available_host_bytes() // workers
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _die_with_parent(batch_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent (the batch, or the forkserver, which
+    exits with the batch) dies; a watchdog on both pids is the fallback."""
     import ctypes
-    import sys
     import time
 
+    parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if not _alive(batch_pid):  # the batch died before prctl took effect
         os._exit(1)
 
     def watch() -> None:
         while True:
             time.sleep(0.5)
-            if os.getppid() != parent_pid:
+            if os.getppid() != parent or not _alive(batch_pid):
                 os._exit(1)
 
     threading.Thread(target=watch, name="medseg-parent-watch", daemon=True).start()
 
 
-def _worker_main(index: int, settings: CaseSettings, torch_threads: int, parent_pid: int, inbox, conn, stop) -> None:
-    """A worker process: load the model once, then pipeline the cases the parent sends.
+def _worker_main(
+    index: int, settings: CaseSettings, torch_threads: int, host_share: int | None, batch_pid: int, inbox, conn, stop
+) -> None:
+    """A worker process: load the model once, then run the cases the parent sends, one after another.
 
+    ``host_share``: this worker's host-memory budget for the planner (bytes), so that the workers'
+    cases fit side by side; a case too big for it slab-streams, or fails with a hint.
     Messages go back on a pipe of its own (``conn``): a worker killed while writing can then only
     break its own pipe, never a queue lock that other workers share.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops the workers
-    from medseg.inference.host_memory import share_one_heap
-
-    share_one_heap()  # before the pipeline's threads allocate (see there)
-    _die_with_parent(parent_pid)
+    _die_with_parent(batch_pid)
     import torch
 
-    from medseg.batch.case import CaseProcessor, one_line
-    from medseg.batch.executors import LocalPipelineExecutor
-
-    lock = threading.Lock()
-
-    def send(message) -> None:
-        with lock:
-            conn.send(message)
+    from medseg.batch.case import CaseProcessor
 
     torch.set_num_threads(max(1, torch_threads))
     try:
         processor = CaseProcessor.load(settings)
     except BaseException as err:  # noqa: BLE001 - reported to the parent as one line
-        send(("load-failed", index, one_line(err)))
-        return
-    send(("ready", index, os.getpid()))
-
-    def on_stage(case_id: str, stage: str) -> None:
-        send(("stage", case_id, stage))
-
-    def report(task: CaseTask, fut: cf.Future) -> None:
-        err = fut.exception()
-        result = fut.result() if err is None else failed_result(task, err)
-        send(("result", index, result))
-
-    with LocalPipelineExecutor(settings, workers=1, processor=processor, on_stage=on_stage) as pipeline:
-        while True:
-            try:
-                task = inbox.get(timeout=0.5)
-            except queue.Empty:
-                if stop.is_set():  # the parent has every result: nothing more will come
-                    break
-                continue
-            if task is None:
+        conn.send(("load-failed", index, _one_line(err)))
+        os._exit(0)
+    if host_share is not None:
+        processor.segmenter.host_budget = host_share
+    conn.send(("ready", index, os.getpid()))
+    while True:
+        try:
+            task = inbox.get(timeout=0.5)
+        except queue.Empty:
+            if stop.is_set():  # the parent has every result: nothing more will come
                 break
-            pipeline.submit(task).add_done_callback(lambda fut, task=task: report(task, fut))
-    send(("stopped", index, None))
+            continue
+        if task is None:
+            break
+        conn.send(
+            ("result", index, _run_case(processor, task, lambda stage, t=task: conn.send(("stage", t.case_id, stage))))
+        )
+    conn.send(("stopped", index, None))
+    conn.close()
+    # nothing is left to flush (outputs are renamed into place, the ledger is the parent's):
+    # skip the interpreter's teardown of torch and MONAI, which takes seconds
+    os._exit(0)
+
+
+def _one_line(err: BaseException) -> str:
+    from medseg.batch.case import one_line
+
+    return one_line(err)
+
+
+def _run_case(processor, task: CaseTask, stage) -> CaseResult:
+    """The three stages of one case back to back; any error becomes a failed result."""
+    try:
+        stage("reading")
+        work = processor.prepare(task)
+        stage("inference")
+        work = processor.infer(work)
+        stage("writing")
+        return processor.finish(work)
+    except Exception as err:  # noqa: BLE001 - one case's failure is that case's
+        if isinstance(err, MedsegError) and str(err).startswith("nothing fits the budget"):
+            err = MedsegError(f"{err}; that is this worker's share of host memory: rerun it with --workers 1")
+        return failed_result(task, err)
 
 
 @dataclass
@@ -138,15 +188,18 @@ class ProcessStreamsExecutor:
         on_stage: called as ``on_stage(case_id, stage)`` from the parent's collector thread.
     """
 
-    def __init__(self, settings: CaseSettings, workers: int = 2, on_stage=None) -> None:
+    def __init__(self, settings: CaseSettings, workers: int = 2, on_stage=None, host_share: int | None = None) -> None:
         if workers < 1:
             raise MedsegError(f"--workers must be at least 1 (got {workers})")
         self.settings = settings
         self.workers = workers
         self.on_stage = on_stage
         self.torch_threads = max(1, (os.cpu_count() or 1) // workers)
-        self.description = f"local, {workers} worker processes ({self.torch_threads} torch thread(s) each), pipelined"
-        self._ctx = mp.get_context("spawn")
+        #: each worker plans its cases within an equal share of the host memory free now (one worker: all
+        #: of what is free when it plans, as ``medseg infer`` does)
+        self.host_share = host_share if host_share is not None else _equal_share(workers)
+        self.description = f"local, {workers} worker processes ({self.torch_threads} torch thread(s) each)"
+        self._ctx = worker_context()
         self._stop = self._ctx.Event()
         self._pool: list[_Worker] = []
         self._lock = threading.Lock()
@@ -171,7 +224,7 @@ class ProcessStreamsExecutor:
     def _start_worker(self, index: int) -> _Worker:
         inbox = self._ctx.Queue()
         receive, send = self._ctx.Pipe(duplex=False)
-        args = (index, self.settings, self.torch_threads, os.getpid(), inbox, send, self._stop)
+        args = (index, self.settings, self.torch_threads, self.host_share, os.getpid(), inbox, send, self._stop)
         process = self._ctx.Process(target=_worker_main, args=args, name=f"medseg-worker-{index}", daemon=True)
         process.start()
         send.close()  # the worker holds the only sending end: its death closes the pipe

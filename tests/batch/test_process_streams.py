@@ -33,11 +33,27 @@ def _records(out: Path):
         return {r.case_id: r for r in ledger.records()}
 
 
-def test_more_than_one_worker_on_a_cpu_are_processes(batch_model):
+def test_more_than_one_worker_on_a_cpu_are_processes(batch_model, monkeypatch):
     settings = CaseSettings(model=str(batch_model), device="cpu")
-    assert isinstance(make_executor("local", settings), LocalPipelineExecutor)  # auto: one process
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    auto = make_executor("local", settings)  # auto on 2+ cores: two worker processes, half the cores each
+    assert isinstance(auto, ProcessStreamsExecutor) and (auto.workers, auto.torch_threads) == (2, 1)
     assert isinstance(make_executor("local", settings, workers=1), LocalPipelineExecutor)
     assert isinstance(make_executor("local", settings, workers=3), ProcessStreamsExecutor)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert isinstance(make_executor("local", settings), LocalPipelineExecutor)  # one core: one process
+
+
+def test_each_worker_plans_within_its_share_of_host_memory(cohort_factory, batch_model, tmp_path):
+    cohort = cohort_factory(2)
+    settings = CaseSettings(model=str(batch_model), device="cpu")
+    executor = ProcessStreamsExecutor(settings, workers=2, host_share=64 << 20)  # less than torch alone
+    summary = run_batch(discover_cases(cohort), tmp_path / "out", settings, executor)
+    assert (summary.done, summary.failed) == (0, 2)
+    for rec in _records(tmp_path / "out").values():
+        assert rec.error.startswith("nothing fits the budget (host 64 MiB)"), rec.error
+        assert rec.error.endswith("that is this worker's share of host memory: rerun it with --workers 1")
+    assert ProcessStreamsExecutor(settings, workers=2).host_share > 0  # default: half of what is free
 
 
 def test_two_worker_processes_write_the_same_outputs_as_one_process(cohort_factory, batch_model, tmp_path):
@@ -108,12 +124,14 @@ def test_a_case_that_kills_its_worker_is_failed_alone(cohort_factory, batch_mode
     assert sorted(c for c, r in recs.items() if r.status == "done") == ["case0", "case1", "case3", "case4"]
 
 
-def _children(pid: int) -> list[int]:
+def _descendants(pid: int) -> list[int]:
+    """Children, grandchildren... (workers are forked by a forkserver, a child of the batch)."""
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     except FileNotFoundError:
         pytest.skip("pgrep not available")
-    return [int(x) for x in out.split()]
+    kids = [int(x) for x in out.split()]
+    return kids + [d for k in kids for d in _descendants(k)]
 
 
 def test_workers_die_with_a_sigkilled_batch_and_a_rerun_completes(cohort_factory, batch_model, tmp_path):
@@ -124,16 +142,16 @@ def test_workers_die_with_a_sigkilled_batch_and_a_rerun_completes(cohort_factory
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    workers: list[int] = []
+    workers: set[int] = set()
     while time.monotonic() < deadline:
-        workers = workers or [c for c in _children(proc.pid) if c]
+        workers |= set(_descendants(proc.pid))
         if list(out.glob("*_seg.nii.gz")):  # the workers are writing: kill the batch now
             break
         time.sleep(0.05)
-    workers = workers or _children(proc.pid)
+    workers |= set(_descendants(proc.pid))
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    assert workers
+    assert len(workers) >= 3  # the forkserver and two workers (and multiprocessing's resource tracker)
     time.sleep(1.5)  # PR_SET_PDEATHSIG is immediate; the parent-pid watchdog polls every 0.5 s
     alive = [w for w in workers if Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text()]
     assert alive == [], f"worker processes outlived the batch: {alive}"
