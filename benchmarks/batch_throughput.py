@@ -1,11 +1,19 @@
 """Cohort throughput: `medseg batch` vs a shell loop of `medseg infer` vs an in-process loop.
 
 Each contender runs as its own process from a cold start (interpreter, imports, model load), on
-the same phantom cohort, into a fresh output folder, one after another; wall time is measured
-around the whole process. Prints cases/hour and the ratios against both baselines.
+the same phantom cohort, into a fresh output folder; with ``--repeats R`` the contenders take
+turns R times and the median is reported. Wall time is measured around the whole process. Prints
+cases/hour and the ratios against both baselines.
+
+It also measures what overlap can at best buy on this machine: the in-process loop once more with
+one torch thread is the cohort's total single-core work W (its start-up S, imports and model load,
+printed by the loop itself, is serial); no schedule of that work on C cores finishes before
+S + (W - S) / C, so the best ratio any batch executor can reach against the in-process loop is
+``loop / (S + (W - S) / C)`` (before the batch's own extra work: ledger, hashes, statistics).
 
     python benchmarks/batch_throughput.py --cases 20
-    python benchmarks/batch_throughput.py --cases 20 --model phantom-unet2d --workers 1
+    python benchmarks/batch_throughput.py --cases 20 --spacing 0.8 0.8 2.5   # CT-like voxels
+    python benchmarks/batch_throughput.py --cases 20 --workers auto 1 2 --repeats 3 --no-shell
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import argparse
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,23 +30,28 @@ import time
 from pathlib import Path
 
 IN_PROCESS_LOOP = r"""
+import time
+t0 = time.perf_counter()
 import sys
 from pathlib import Path
 from medseg.inference.pipeline import Segmenter, infer_file, output_stem
 cohort, out, model, device = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] or None, sys.argv[4]
 segmenter = Segmenter(model, device)
+print(f"startup {time.perf_counter() - t0:.3f}")
 for scan in sorted(p for p in cohort.glob("*.nii.gz") if not p.name.endswith("_gt.nii.gz")):
     infer_file(scan, out / f"{output_stem(scan)}_seg.nii.gz", model=segmenter)
 """
 
+SHELL, LOOP, LOOP_1T = "shell loop of medseg infer", "in-process sequential loop", "in-process loop, 1 torch thread"
 
-def timed(cmd: list[str], label: str) -> float:
+
+def timed(cmd: list[str], label: str, env: dict | None = None) -> tuple[float, str]:
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return seconds
+    return seconds, proc.stdout
 
 
 def main() -> None:
@@ -46,8 +60,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=5000, help="seed of the first phantom")
     ap.add_argument("--model", default="", help="model name or spec (default: medseg's default model)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--workers", default="auto", help="medseg batch --workers (default auto)")
+    ap.add_argument("--workers", nargs="+", default=["auto"], help="medseg batch --workers value(s) (default auto)")
     ap.add_argument("--spacing", nargs=3, type=float, default=None, help="phantom voxel size (default: random)")
+    ap.add_argument("--repeats", type=int, default=1, help="rounds of all contenders; the median is reported")
+    ap.add_argument("--no-shell", action="store_true", help="leave out the (slow) shell loop")
+    ap.add_argument("--no-bound", action="store_true", help="leave out the one-thread loop (the bound)")
     ap.add_argument("--workdir", type=Path, default=None, help="keep the cohort and outputs here")
     args = ap.parse_args()
 
@@ -69,39 +86,73 @@ def main() -> None:
         out.mkdir(parents=True)
         return out
 
-    results: dict[str, float] = {}
-    out = fresh("out_shell")
-    loop = " ".join(
-        [
-            "for f in " + " ".join(f"'{s}'" for s in scans) + "; do",
-            " ".join(medseg) + ' infer "$f" -o "' + str(out) + '/$(basename "$f" .nii.gz)_seg.nii.gz"',
-            " ".join(model) + f" --device {args.device} -q || exit 1; done",
-        ]
-    )
-    results["shell loop of medseg infer"] = timed(["bash", "-c", loop], "shell loop")
-    out = fresh("out_inprocess")
-    results["in-process sequential loop"] = timed(
-        [sys.executable, "-c", IN_PROCESS_LOOP, str(cohort), str(out), args.model, args.device], "in-process loop"
-    )
-    out = fresh("out_batch")
-    batch_cmd = medseg + ["batch", str(cohort), "-o", str(out), *model, "--device", args.device, "-q"]
-    batch_cmd += ["--workers", str(args.workers)]
-    results[f"medseg batch (--workers {args.workers})"] = timed(batch_cmd, "medseg batch")
+    def shell_loop() -> float:
+        out = fresh("out_shell")
+        loop = " ".join(
+            [
+                "for f in " + " ".join(f"'{s}'" for s in scans) + "; do",
+                " ".join(medseg) + ' infer "$f" -o "' + str(out) + '/$(basename "$f" .nii.gz)_seg.nii.gz"',
+                " ".join(model) + f" --device {args.device} -q || exit 1; done",
+            ]
+        )
+        return timed(["bash", "-c", loop], "shell loop")[0]
+
+    startups: list[float] = []
+
+    def in_process(threads: int | None) -> float:
+        out = fresh("out_inprocess")
+        env = None
+        if threads:
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        cmd = [sys.executable, "-c", IN_PROCESS_LOOP, str(cohort), str(out), args.model, args.device]
+        seconds, stdout = timed(cmd, "in-process loop", env)
+        startups.extend(float(line.split()[1]) for line in stdout.splitlines() if line.startswith("startup "))
+        return seconds
+
+    def batch(workers: str) -> float:
+        out = fresh("out_batch")
+        cmd = medseg + ["batch", str(cohort), "-o", str(out), *model, "--device", args.device, "-q"]
+        return timed(cmd + ["--workers", workers], "medseg batch")[0]
+
+    contenders: dict[str, object] = {}
+    if not args.no_shell:
+        contenders[SHELL] = shell_loop
+    contenders[LOOP] = lambda: in_process(None)
+    for w in args.workers:
+        contenders[f"medseg batch --workers {w}"] = lambda w=w: batch(w)
+    if not args.no_bound:
+        contenders[LOOP_1T] = lambda: in_process(1)
+    runs: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            runs[name].append(run())
+    results = {name: statistics.median(v) for name, v in runs.items()}
 
     import torch
 
-    shell, inproc = results["shell loop of medseg infer"], results["in-process sequential loop"]
+    cores = os.cpu_count() or 1
     print(
         f"cohort: {n} phantom scans (seed {args.seed}{', spacing ' + str(args.spacing) if args.spacing else ''}), "
-        f"model {args.model or 'default'}, device {args.device}"
+        f"model {args.model or 'default'}, device {args.device}, median of {args.repeats} round(s)"
     )
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch {torch.__version__} "
+        f"machine: {platform.machine()}, {cores} CPU(s), torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), python {platform.python_version()}"
     )
-    print(f"{'contender':<34} {'seconds':>8} {'cases/hour':>11} {'vs shell':>9} {'vs in-proc':>10}")
+    shell, loop = results.get(SHELL), results[LOOP]
+    print(f"{'contender':<36} {'seconds':>8} {'runs':>18} {'cases/hour':>11} {'vs shell':>9} {'vs in-proc':>10}")
     for name, secs in results.items():
-        print(f"{name:<34} {secs:8.1f} {3600 * n / secs:11.0f} {shell / secs:8.2f}x {inproc / secs:9.2f}x")
+        each = "/".join(f"{s:.1f}" for s in runs[name])
+        vs_shell = f"{shell / secs:8.2f}x" if shell else f"{'-':>9}"
+        print(f"{name:<36} {secs:8.1f} {each:>18} {3600 * n / secs:11.0f} {vs_shell} {loop / secs:9.2f}x")
+    if LOOP_1T in results and startups:
+        work_1t, start = results[LOOP_1T], statistics.median(startups)
+        bound = start + (work_1t - start) / cores
+        print(
+            f"bound: start-up S {start:.1f} s (median of the loops' own reports), one-thread work W "
+            f"{work_1t:.1f} s -> no {cores}-core schedule beats S + (W - S)/{cores} = {bound:.1f} s, "
+            f"i.e. {loop / bound:.2f}x the in-process loop"
+        )
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
 
