@@ -7,6 +7,7 @@ Errors a user can act on print as one line and exit 1; ``--debug`` shows the tra
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -359,8 +360,11 @@ def batch(
         raise click.UsageError("give -o OUT_DIR (or --status OUT_DIR)")
     if (input_dir is None) == (manifest is None):
         raise click.UsageError("give either INPUT_DIR or --manifest cases.csv")
+    from medseg.forkserver import surely_cpu, worker_context
     from medseg.inference.host_memory import share_one_heap
 
+    if scheduler.strip() == "local" and workers != "1" and surely_cpu(device) and (os.cpu_count() or 1) >= 2:
+        worker_context()  # worker processes will be forked from it: its imports start now, in the background
     share_one_heap()  # before any thread allocates: inference runs on a pool thread (host_memory.share_one_heap)
     from medseg.batch import CaseSettings, discover_cases, make_executor, read_manifest, run_batch, select_part
     from medseg.batch.cohort import DEFAULT_EXCLUDES

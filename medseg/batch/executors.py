@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import sys
 from collections.abc import Callable
 from typing import Protocol
 
@@ -142,15 +141,12 @@ class LocalPipelineExecutor:
 
 
 def _on_cpu(device: str) -> bool:
-    """Whether ``device`` resolves to the CPU; without importing torch (1-2 s) where no GPU driver is
+    """Whether ``device`` resolves to the CPU; without importing torch where no GPU driver is
     present, so that the workers' start-up is not held up by the parent's."""
-    device = (device or "auto").lower()
-    if device == "cpu":
+    from medseg.forkserver import surely_cpu
+
+    if surely_cpu(device):
         return True
-    if device == "auto" and sys.platform.startswith("linux"):
-        gpu_nodes = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
-        if not any(os.path.exists(p) for p in gpu_nodes):
-            return True
     from medseg.inference.plan import resolve_device
 
     return resolve_device(device) == "cpu"

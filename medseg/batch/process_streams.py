@@ -38,26 +38,12 @@ from dataclasses import dataclass, field
 
 from medseg.batch.case import CaseResult, CaseSettings, CaseTask, failed_result
 from medseg.errors import MedsegError, ModelError
+from medseg.forkserver import worker_context
 
 #: cases one worker holds at once: the one it runs and the next, so it never waits for the parent
 CASES_PER_WORKER = 2
 #: how long a worker may take to import torch and load the model before the batch gives up
 STARTUP_TIMEOUT_S = 600.0
-#: what the forkserver imports once for every worker it forks
-PRELOAD = ["medseg.batch.process_streams", "medseg.inference.pipeline", "torch", "monai.networks.nets"]
-
-
-def worker_context():
-    """``forkserver`` with the heavy imports preloaded on Linux (started now, in the background), else
-    ``spawn``. Forking from a server that has only imported torch (no thread pool yet) is safe."""
-    if not sys.platform.startswith("linux"):
-        return mp.get_context("spawn")
-    from multiprocessing import forkserver
-
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
-    return ctx
 
 
 def _equal_share(workers: int) -> int | None:
