@@ -36,6 +36,7 @@ one with the lowest predicted time (:func:`relative_cost`). When nothing fits it
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import weakref
@@ -52,6 +53,8 @@ from medseg.inference.plan import Plan
 GiB = 1 << 30
 MiB = 1 << 20
 F32 = 4
+#: bump when the activation trace's terms change: traced peaks cached on disk are keyed by it
+TRACE_REVISION = 2
 
 #: CUDA context + kernels of torch/cuDNN/cuBLAS loaded on first use (see benchmarks/README.md)
 CUDA_CONTEXT_BYTES = 600 * MiB
@@ -139,11 +142,49 @@ def conv_workspace_bytes(args: tuple, out: torch.Tensor, device_kind: str) -> in
         return int(x.shape[0] * x.shape[1] * kernel * int(np.prod(out.shape[2:])) * item)
     if name.startswith("SlowTranspose"):
         return int(w.shape[1] * groups * kernel * int(np.prod(x.shape[2:])) * item)
+    if onednn_channel_block() == 8:
+        return _onednn_avx2_workspace(x, w, out, bool(transposed), kernel, item)
     if transposed:  # oneDNN deconvolution: one operand reordered to channels-last
         return int(max(x.numel(), out.numel()) * item)
     # oneDNN convolution: the output in its blocked layout, channels padded to a multiple of 16
     blocked = out.shape[0] * (-(-out.shape[1] // 16) * 16) * int(np.prod(out.shape[2:]))
     return int(blocked * item)
+
+
+@functools.cache
+def onednn_channel_block() -> int:
+    """Channels per block of oneDNN's CPU layouts here: 16 with AVX-512 (``aBcde16b``), else 8
+    (``aBcde8b``), as ``ONEDNN_VERBOSE=1`` shows. Their kernels differ, and so do their buffers."""
+    return 16 if torch.backends.cpu.get_cpu_capability().startswith("AVX512") else 8
+
+
+def _onednn_avx2_workspace(x, w, out: torch.Tensor, transposed: bool, kernel: int, item: int) -> int:
+    """Transient bytes beyond the output of oneDNN's AVX2 kernels (allocation order read from the
+    torch profiler's memory events, layouts from ``ONEDNN_VERBOSE=1``).
+
+    Convolution (``jit:avx2``): the input reordered to ``aBcde8b`` (kept plain below 8 channels),
+    the weights reordered and the output computed in ``aBcde8b`` (channels padded to 8) are alive
+    together; then the blocked output and its plain copy. Deconvolution (``brg_deconv``): a
+    per-thread scratchpad (about ``C_in x (D + 3) x H x W`` elements plus 40 kB; fitted within
+    3-7% for 16-64 channels on 12-16 voxel inputs, 15% high on 8 voxels), the channels-last input,
+    weights and output; then the output and two plain copies.
+    """
+    out_bytes = out.numel() * item
+    spatial_in = [int(s) for s in x.shape[2:]]
+    if transposed:
+        threads = max(torch.get_num_threads(), 1)
+        per_thread = x.shape[1] * int(np.prod(spatial_in[1:])) * (spatial_in[0] + 3) * item + 40_000
+        during = threads * per_thread + x.numel() * item + w.numel() * item + out_bytes
+        return int(max(during, 3 * out_bytes) - out_bytes)
+    cin, cout = int(x.shape[1]), int(out.shape[1])
+    pad = -(-cout // 8) * 8
+    blocked_out = out.shape[0] * pad * int(np.prod(out.shape[2:])) * item
+    if cin < 8:  # oneDNN's first-layer kernels read the plain input
+        blocked_in, weights = 0, pad * cin * kernel * item
+    else:
+        blocked_in = x.shape[0] * (-(-cin // 8) * 8) * int(np.prod(spatial_in)) * item
+        weights = pad * (-(-w.shape[1] // 8) * 8) * kernel * item
+    return int(max(blocked_in + weights + blocked_out, blocked_out + out_bytes) - out_bytes)
 
 
 def _conv_args(func, args: tuple, kwargs: dict) -> tuple | None:
@@ -360,9 +401,12 @@ class NetworkModel:
         key = (in_channels, tuple(roi), batch, device_kind)
         if key not in self._cache:
             # traced peaks on disk: the first trace in a process costs about 2 s (PyTorch loads its
-            # Python dispatcher); keyed by torch version, device kind, input shape and architecture
+            # Python dispatcher); keyed by the estimator's revision, torch version, device kind, the
+            # CPU's oneDNN block and thread count (its buffers), input shape and architecture
             disk = JsonCache("activations")
-            disk_key = cache_key(torch.__version__, device_kind, (batch, in_channels, *roi), repr(self.network))
+            cpu = (onednn_channel_block(), torch.get_num_threads()) if device_kind == "cpu" else ()
+            shape = (batch, in_channels, *roi)
+            disk_key = cache_key(TRACE_REVISION, torch.__version__, device_kind, cpu, shape, repr(self.network))
             hit = disk.get(disk_key)
             if not isinstance(hit, int):
                 hit = trace_activations(self.network, (batch, in_channels, *roi), device_kind)[0]
