@@ -28,22 +28,36 @@ def label_counts(labels: np.ndarray, minlength: int = 0) -> np.ndarray:
     return counts
 
 
+def _same_order(labels: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Views of ``labels`` and ``data`` in which chunks of the first axis are contiguous in
+    ``labels`` (transposed when it is Fortran-ordered, as NIfTI arrays are)."""
+    if labels.flags.f_contiguous and not labels.flags.c_contiguous:
+        return labels.T, data.T
+    return labels, data
+
+
 def label_statistics(labels: np.ndarray, image: Volume, names: dict[int, str]) -> list[dict]:
     """Per label: voxel count, volume in ml, mean/std intensity of the source image (first channel).
 
-    Every named foreground label gets a row, with zero volume when the model found none.
+    Every named foreground label gets a row, with zero volume when the model found none. Only
+    foreground voxels are gathered and counted (background has no row), a chunk at a time.
     """
     data = image.array if image.array.ndim == 3 else image.array[..., 0]
     n = max(int(labels.max()) + 1 if labels.size else 1, max(names, default=0) + 1)
     counts = np.zeros(n, dtype=np.int64)
     sums = np.zeros(n)
     sq = np.zeros(n)
-    for sl in _plane_chunks(labels.shape):
-        flat_labels = labels[sl].reshape(-1)
-        flat_img = np.asarray(data[sl], dtype=np.float64).reshape(-1)
-        counts += np.bincount(flat_labels, minlength=n)
-        sums += np.bincount(flat_labels, weights=flat_img, minlength=n)
-        sq += np.bincount(flat_labels, weights=flat_img * flat_img, minlength=n)
+    ordered_labels, ordered_data = _same_order(labels, data)
+    for sl in _plane_chunks(ordered_labels.shape):
+        flat_labels = ordered_labels[sl].reshape(-1)
+        foreground = np.flatnonzero(flat_labels)
+        if not foreground.size:
+            continue
+        fg_labels = flat_labels[foreground]
+        fg_img = ordered_data[sl].reshape(-1)[foreground].astype(np.float64)
+        counts += np.bincount(fg_labels, minlength=n)
+        sums += np.bincount(fg_labels, weights=fg_img, minlength=n)
+        sq += np.bincount(fg_labels, weights=fg_img * fg_img, minlength=n)
     voxel_ml = image.voxel_volume_ml
     rows = []
     for index in range(1, n):

@@ -27,8 +27,14 @@ def test_label_counts_match_bincount_across_chunks(small_chunks):
 
 
 @pytest.mark.parametrize("channels", [None, 2])
-def test_label_statistics_match_a_direct_computation(small_chunks, channels):
+@pytest.mark.parametrize("layout", ["C", "F labels", "F image"])
+def test_label_statistics_match_a_direct_computation(small_chunks, channels, layout):
+    """Also when labels and image are laid out differently in memory (NIfTI arrays are Fortran-ordered)."""
     labels, image = _case(channels)
+    if layout == "F labels":
+        labels = np.asfortranarray(labels)
+    elif layout == "F image":
+        image = image.with_array(np.asfortranarray(image.array))
     first = image.array if channels is None else image.array[..., 0]
     names = {1: "liver", 2: "spleen", 3: "kidney", 5: "never found"}
     rows = {r["label"]: r for r in label_statistics(labels, image, names)}

@@ -157,6 +157,8 @@ class CaseProcessor:
         timings = dict(work.timings)
         timings["total"] = time.perf_counter() - work.t0
         t = time.perf_counter()
+        names = {k: v for k, v in self.segmenter.spec.label_names().items() if k != 0}
+        stats = label_statistics(labels, volume, names)  # the cohort table's rows, and the sidecar's counts
         outputs, _ = write_outputs(
             Path(work.task.input_path),
             segmentation,
@@ -165,9 +167,8 @@ class CaseProcessor:
             self.settings.stats,
             self.settings.preview,
             timings,
+            statistics=stats,
         )
-        names = {k: v for k, v in self.segmenter.spec.label_names().items() if k != 0}
-        stats = label_statistics(labels, volume, names)
         described = {kind: describe_output(outputs[kind]) for kind in OUTPUT_KINDS if kind in outputs}
         timings["write"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - work.t0

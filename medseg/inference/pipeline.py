@@ -286,18 +286,28 @@ def write_outputs(
     stats: bool = False,
     preview: bool = False,
     timings: dict[str, float] | None = None,
+    statistics: list[dict] | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Write labels (NIfTI and/or DICOM SEG), optional stats/preview, then the sidecar, each atomically.
 
     The sidecar is written last, so its presence means the case is complete. If any write fails,
     the files this call already wrote are removed. Returns ``(outputs, label_counts)``.
+    ``statistics``: :func:`~medseg.postprocess.label_statistics` rows already computed for these
+    labels (a batch needs them for its cohort table); the label counts are then read from them.
     """
     from medseg.io import write_labels
     from medseg.models.checkpoints import sha256_of
+    from medseg.postprocess import label_statistics
 
     volume, spec = segmentation.image, segmenter.spec
     names = spec.label_names()
-    counts = count_labels(segmentation.labels, spec.network.out_channels)
+    if statistics is None and stats:
+        statistics = label_statistics(segmentation.labels, volume, {k: v for k, v in names.items() if k != 0})
+    if statistics is None:
+        counts = count_labels(segmentation.labels, spec.network.out_channels)
+    else:  # every label present or named has a row; the rest are absent
+        found = {int(r["label"]): int(r["voxels"]) for r in statistics}
+        counts = [found.get(i, 0) for i in range(max(spec.network.out_channels, max(found, default=0) + 1))]
     label_counts = {names.get(i, f"label_{i}"): int(counts[i]) for i in range(1, len(counts))}
     written: list[Path] = []
     t = time.perf_counter()
@@ -313,11 +323,8 @@ def write_outputs(
             written.append(write_dicom_seg(segmentation.labels, volume, paths["dicom_seg"], label_info, spec.name))
             outputs["dicom_seg"] = str(paths["dicom_seg"])
         if stats:
-            from medseg.postprocess import label_statistics
-
-            rows = label_statistics(segmentation.labels, volume, {k: v for k, v in names.items() if k != 0})
-            written.append(write_text_atomic(paths["stats_csv"], _stats_csv(rows)))
-            written.append(write_text_atomic(paths["stats_json"], json.dumps(rows, indent=2) + "\n"))
+            written.append(write_text_atomic(paths["stats_csv"], _stats_csv(statistics)))
+            written.append(write_text_atomic(paths["stats_json"], json.dumps(statistics, indent=2) + "\n"))
             outputs.update(stats_csv=str(paths["stats_csv"]), stats_json=str(paths["stats_json"]))
         if preview:
             from medseg.io.preview import write_preview

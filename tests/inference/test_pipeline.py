@@ -40,6 +40,10 @@ def test_infer_writes_labels_on_the_exact_input_grid(tmp_path, tiny_model, name)
     assert {"preprocess", "inference", "invert", "total"} <= set(sidecar["timings_s"])
     for suffix in ("_seg_stats.csv", "_seg_stats.json", "_seg_preview.png"):
         assert (tmp_path / f"scan{suffix}").stat().st_size > 0
+    # with --stats the counts come from the statistics rows: they agree with the labels written
+    direct = np.bincount(np.asarray(out.dataobj).reshape(-1), minlength=3)
+    assert sidecar["label_voxels"] == {"class1": int(direct[1]), "class2": int(direct[2])}
+    assert result.label_counts == sidecar["label_voxels"]
 
 
 class ThresholdNet(torch.nn.Module):
