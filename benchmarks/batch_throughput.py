@@ -3,7 +3,8 @@
 Each contender runs as its own process from a cold start (interpreter, imports, model load), on
 the same phantom cohort, into a fresh output folder; with ``--repeats R`` the contenders take
 turns R times and the median is reported. Wall time is measured around the whole process. Prints
-cases/hour and the ratios against both baselines.
+cases/hour and the ratios against both baselines (of the medians, and the median of each round's
+ratio: the machine's speed drifts between rounds).
 
 It also measures what overlap can at best buy on this machine: the in-process loop once more with
 one torch thread is the cohort's total single-core work W (its start-up S, imports and model load,
@@ -19,6 +20,7 @@ S + (W - S) / C, so the best ratio any batch executor can reach against the in-p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -123,9 +125,12 @@ def main() -> None:
     if not args.no_bound:
         contenders[LOOP_1T] = lambda: in_process(1)
     runs: dict[str, list[float]] = {name: [] for name in contenders}
+    phases: dict[str, dict[str, list[float]]] = {name: {} for name in contenders}
     for _ in range(args.repeats):
         for name, run in contenders.items():
             runs[name].append(run())
+            for key, values in case_phases(work, name).items():
+                phases[name].setdefault(key, []).extend(values)
     results = {name: statistics.median(v) for name, v in runs.items()}
 
     import torch
@@ -140,21 +145,54 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), python {platform.python_version()}"
     )
     shell, loop = results.get(SHELL), results[LOOP]
-    print(f"{'contender':<36} {'seconds':>8} {'runs':>18} {'cases/hour':>11} {'vs shell':>9} {'vs in-proc':>10}")
+    # the machine's speed drifts between rounds: a round's contenders ran minutes apart at most, so
+    # the median of the per-round ratios is steadier than the ratio of the medians
+    print(
+        f"{'contender':<36} {'seconds':>8} {'runs':>24} {'cases/hour':>11} {'vs shell':>9} {'vs in-proc':>10} "
+        f"{'paired':>7}"
+    )
     for name, secs in results.items():
         each = "/".join(f"{s:.1f}" for s in runs[name])
         vs_shell = f"{shell / secs:8.2f}x" if shell else f"{'-':>9}"
-        print(f"{name:<36} {secs:8.1f} {each:>18} {3600 * n / secs:11.0f} {vs_shell} {loop / secs:9.2f}x")
+        paired = statistics.median(a / b for a, b in zip(runs[LOOP], runs[name], strict=True))
+        rate = 3600 * n / secs
+        print(f"{name:<36} {secs:8.1f} {each:>24} {rate:11.0f} {vs_shell} {loop / secs:9.2f}x {paired:6.2f}x")
     if LOOP_1T in results and startups:
         work_1t, start = results[LOOP_1T], statistics.median(startups)
         bound = start + (work_1t - start) / cores
+        paired = statistics.median(
+            a / (start + (b - start) / cores) for a, b in zip(runs[LOOP], runs[LOOP_1T], strict=True)
+        )
         print(
             f"bound: start-up S {start:.1f} s (median of the loops' own reports), one-thread work W "
             f"{work_1t:.1f} s -> no {cores}-core schedule beats S + (W - S)/{cores} = {bound:.1f} s, "
-            f"i.e. {loop / bound:.2f}x the in-process loop"
+            f"i.e. {loop / bound:.2f}x the in-process loop ({paired:.2f}x paired per round)"
         )
+    print("per case, mean seconds from the sidecars (each stage as timed inside its process):")
+    print(f"{'contender':<36} " + " ".join(f"{k:>10}" for k in PHASES))
+    for name, per in phases.items():
+        if per:
+            cells = (f"{statistics.mean(per[k]):10.3f}" if per.get(k) else f"{'-':>10}" for k in PHASES)
+            print(f"{name:<36} " + " ".join(cells))
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
+
+
+PHASES = ("read", "preprocess", "inference", "write")
+
+
+def case_phases(work: Path, name: str) -> dict[str, list[float]]:
+    """The stage timings every output sidecar of ``name``'s last run records: with one torch thread
+    per worker, ``medseg batch``'s inference against the one-thread loop's is what two processes
+    running together cost each other (memory bandwidth, shared cache)."""
+    folder = {SHELL: "out_shell", LOOP: "out_inprocess", LOOP_1T: "out_inprocess"}.get(name, "out_batch")
+    per: dict[str, list[float]] = {}
+    for sidecar in sorted((work / folder).glob("*_seg.json")):
+        timings = json.loads(sidecar.read_text()).get("timings_s", {})
+        for key in PHASES:
+            if key in timings:
+                per.setdefault(key, []).append(float(timings[key]))
+    return per
 
 
 if __name__ == "__main__":

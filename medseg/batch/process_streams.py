@@ -8,8 +8,9 @@ one reads, resamples and writes (single-threaded work), the other runs its netwo
 waits on the other's threads (benchmarks/README.md, "Cohort throughput").
 
 Start-up: on Linux the workers are forked from a ``forkserver`` that has already imported torch,
-MONAI and medseg (started as soon as the executor is made, so the import overlaps the parent's
-cohort scan and ledger checks); each worker then loads the model once. Elsewhere they are spawned.
+MONAI and medseg (``medseg/forkserver.py``: ``medseg batch`` starts it before anything else, the
+executor at the latest, so the import overlaps the parent's cohort scan and ledger checks); each
+worker then loads the model once. Elsewhere they are spawned.
 
 The parent keeps the ledger: it sends :class:`CaseTask` s to the worker with the fewest cases in
 flight (two each, so a worker never waits for the next) and receives plain :class:`CaseResult` s.
