@@ -11,7 +11,13 @@ import os
 import sys
 
 #: what the forkserver imports once for every worker it forks
-PRELOAD = ["medseg.batch.process_streams", "medseg.inference.pipeline", "torch", "monai.networks.nets"]
+PRELOAD = [
+    "medseg.batch.process_streams",
+    "medseg.inference.pipeline",
+    "torch",
+    "monai.networks.nets",
+    "medseg.batch.server_exit",  # the server then exits at once with the batch (see there)
+]
 #: device nodes of a GPU driver (NVIDIA, ROCm, WSL); with none of them, ``auto`` means the CPU
 _GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 

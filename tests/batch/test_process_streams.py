@@ -162,3 +162,22 @@ def test_workers_die_with_a_sigkilled_batch_and_a_rerun_completes(cohort_factory
     assert sorted(recs) == [f"case{i}" for i in range(6)] and all(r.status == "done" for r in recs.values())
     assert len(_labels(out)) == 6
     assert not [p for p in out.rglob("*") if TMP_MARKER in p.name]
+
+
+def test_the_forkserver_ends_without_interpreter_teardown(tmp_path):
+    """The forkserver preloads ``medseg.batch.server_exit``: once the server is told to exit, it
+    skips the rest of Python's shutdown (here an earlier atexit handler that would write a file),
+    so a pipe reading the batch's output is not held open while torch and MONAI are torn down."""
+    from medseg.forkserver import PRELOAD
+
+    assert PRELOAD[-1] == "medseg.batch.server_exit"
+    marker = tmp_path / "teardown-ran"
+    script = (
+        "import atexit, pathlib, sys\n"
+        f"atexit.register(pathlib.Path({str(marker)!r}).write_text, 'yes')\n"
+        "import medseg.batch.server_exit\n"
+        "sys.exit(0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert not marker.exists()
