@@ -31,6 +31,7 @@ from medseg.io.atomic import TMP_MARKER, write_text_atomic
 from medseg.io.validate import channels_of
 from medseg.models.spec import ModelSpec
 from medseg.postprocess import label_counts as count_labels
+from medseg.postprocess import label_statistics
 from medseg.progress import NULL_PROGRESS, Progress
 from medseg.volume import Volume
 
@@ -297,7 +298,6 @@ def write_outputs(
     """
     from medseg.io import write_labels
     from medseg.models.checkpoints import sha256_of
-    from medseg.postprocess import label_statistics
 
     volume, spec = segmentation.image, segmenter.spec
     names = spec.label_names()
