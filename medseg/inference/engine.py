@@ -284,7 +284,7 @@ class SourceGridFinaliser(Finaliser):
         return hi < self.received
 
     def _emit(self) -> None:
-        from medseg.inference.preprocess import channel_argmax, source_planes
+        from medseg.inference.preprocess import source_labels
 
         nz = self.out_shape[2]
         while self.next_out < nz and self._ready(self.next_out):
@@ -295,8 +295,7 @@ class SourceGridFinaliser(Finaliser):
             x = (torch.arange(start, stop, dtype=torch.float64) * self.inv[2]).clamp(0, self.n_in - 1)
             lo, hi = int(x.min().floor()), min(int(x.max().floor()) + 1, self.n_in - 1)
             part = self.carry[..., lo - self.carry_lo : hi + 1 - self.carry_lo]
-            part = source_planes(part, x - lo, self.out_shape, self.inv)
-            self.labels[..., start:stop] = channel_argmax(part, self.dtype)
+            self.labels[..., start:stop] = source_labels(part, x - lo, self.out_shape, self.inv, self.dtype)
             self.next_out = stop
             if stop < nz:  # drop model planes no later source plane needs
                 keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes

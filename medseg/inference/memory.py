@@ -485,6 +485,7 @@ class Estimate:
 def invert_bytes(work: Workload, push_planes: int | None = None) -> int:
     """Peak of SourceGridFinaliser: carried model planes plus the resampling temporaries of one chunk."""
     from medseg.inference.engine import chunk_planes
+    from medseg.inference.preprocess import source_labels_bytes
 
     k = work.out_channels
     mx, my, mz = work.model_shape
@@ -496,10 +497,10 @@ def invert_bytes(work: Workload, push_planes: int | None = None) -> int:
     carry_planes = min(mz, int(math.ceil(chunk * ratio)) + 2) if ratio > 1 else min(mz, push + 2)
     carry = k * mx * my * carry_planes * F32
     c = min(chunk, sz, int(math.ceil((push + 1) / max(ratio, 1e-9))))  # source planes one push serves
-    passes = [3 * k * mx * my * c, 3 * k * sx * my * c + k * mx * my * c, 3 * k * sx * sy * c + k * sx * my * c]
-    if not work.resampled:
-        passes = [3 * k * mx * my * c]
-    return int(carry + max(passes) * F32)
+    if not work.resampled:  # labels are the argmax of the pushed planes: running maximum, labels, masks
+        return int(carry + mx * my * c * (F32 + 2))
+    kk = min(mz, int(math.ceil(c * ratio)) + 2)  # model planes those source planes interpolate
+    return int(carry + source_labels_bytes(k, (mx, my, kk), (sx, sy, c)))
 
 
 def estimate(work: Workload, plan: Plan, net: NetworkModel, framework_host: int = 0) -> Estimate:

@@ -81,3 +81,59 @@ def test_linear_resampling_matches_coordinates():
     t = torch.arange(10, dtype=torch.float32).reshape(1, 10)
     out = resample_axis(t, 1, 4, 2.5)
     assert torch.allclose(out, torch.tensor([[0.0, 2.5, 5.0, 7.5]]))
+
+
+def _blobs(classes: int, shape, seed: int) -> torch.Tensor:
+    """Smooth logits: each class peaks around its own centre, so labels form regions with borders."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape], indexing="ij"))
+    centres = torch.rand(classes, 3, generator=g) * torch.tensor(shape, dtype=torch.float32)
+    dist = ((grid[None] - centres[:, :, None, None, None]) ** 2).sum(1)
+    return -dist.sqrt() / 3 + 0.05 * torch.randn(classes, *shape, generator=g)
+
+
+@pytest.mark.parametrize(
+    "logits",
+    [
+        "blobs8",  # regions and borders, as a network gives
+        "noise",  # every cell's corners disagree: every voxel is interpolated
+        "ties",  # small integers: exact ties everywhere, which go to the lowest class
+        "blobs300",  # more classes than a byte holds
+        "blobs2",
+    ],
+)
+@pytest.mark.parametrize("inv", [(0.37, 0.61, 0.29), (1.0, 1.0, 0.5), (1.7, 0.45, 1.0), (1.0, 1.0, 1.0)])
+def test_source_labels_equal_the_dense_interpolation(monkeypatch, logits, inv):
+    """Labels from interpolating only the cells whose corners disagree equal the argmax of every class
+    interpolated at every voxel, in small row and gather blocks too."""
+    from medseg.inference import preprocess as pre
+
+    shape = (13, 11, 9)
+    g = torch.Generator().manual_seed(len(logits))
+    if logits == "noise":
+        part = torch.randn(8, *shape, generator=g)
+    elif logits == "ties":
+        part = torch.randint(0, 3, (6, *shape), generator=g).float()
+    else:
+        part = _blobs(int(logits[5:]), shape, seed=len(logits))
+    out_shape = tuple(int((n - 1) / s) + 1 for n, s in zip(shape[:2], inv[:2]))
+    x = (torch.arange(int((shape[2] - 1) / inv[2]) + 1, dtype=torch.float64) * inv[2]).clamp(0, shape[2] - 1)
+    dtype = np.uint8 if part.shape[0] <= 256 else np.uint16
+    want = pre.channel_argmax(pre.source_planes(part, x, out_shape, list(inv)), dtype)
+    got = pre.source_labels(part, x, out_shape, list(inv), dtype)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert np.array_equal(got, want)
+    monkeypatch.setattr(pre, "LABEL_BLOCK_VOXELS", 50)  # several row blocks
+    monkeypatch.setattr(pre, "GATHER_BLOCK_BYTES", 1)  # gather blocks of 256 voxels
+    assert np.array_equal(pre.source_labels(part, x, out_shape, list(inv), dtype), want)
+    interpolated = []
+    argmax = pre._argmax_planes
+    monkeypatch.setattr(pre, "_argmax_planes", lambda p, *a: interpolated.append(p.shape[1]) or argmax(p, *a))
+    pre.source_labels(part, x, out_shape, list(inv), dtype)
+    share = sum(interpolated[1:]) / want.size  # the first call labels the model grid's corners
+    if inv == (1.0, 1.0, 1.0):
+        assert share == 0  # the source grid is the model's: labels are the argmax of its voxels
+    elif logits == "noise":
+        assert share > 0.9  # (cells at an edge have fewer distinct corners: some agree by chance)
+    elif logits in ("blobs8", "blobs2") and inv[0] < 1:  # most voxels lie in cells whose corners agree
+        assert 0 < share < 0.5
