@@ -4,8 +4,9 @@ lever switched off at a time, in this process, on the cases of ``speed_vs_monai.
 Levers (medseg/inference/speed.py, host_memory.py, engine.py, preprocess.py): the fast host
 allocator (vs strict), batch norms folded into convolutions, the timed window batch and
 channels-last layout (vs the model's batch in the default layout), reuse of constant windows, the
-running-maximum class argmax (vs ``torch.argmax(0)``). Prints the best of ``--repeats`` runs per
-configuration and its ratio to "all levers on".
+running-maximum class argmax (vs ``torch.argmax(0)``, wherever labels are taken), the inversion
+that interpolates only cells whose corners disagree (vs every class at every source voxel). Prints
+the best of ``--repeats`` runs per configuration and its ratio to "all levers on".
 
     python benchmarks/speed_levers.py --repeats 3
 """
@@ -26,14 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _configs():
-    """(label, plan changes, unfolded network, torch argmax); a batch of None is the model's own."""
+    """(label, plan changes, unfolded network, slow argmax and inversion); a batch of None is the model's own."""
     return [
         ("all levers on", {}, False, False),
         ("strict host allocator", {"host_allocator": "strict"}, False, False),
         ("batch norms not folded", {}, True, False),
         ("model's window batch, default layout", {"channels_last": False, "sw_batch_size": None}, False, False),
         ("no constant-window reuse", {"reuse_constant_windows": False}, False, False),
-        ("torch.argmax(0)", {}, False, True),
+        ("torch.argmax(0)", {}, False, "argmax"),
+        ("dense inversion (every class, every voxel)", {}, False, "inversion"),
         (
             "all off",
             {
@@ -43,12 +45,13 @@ def _configs():
                 "reuse_constant_windows": False,
             },
             True,
-            True,
+            "both",
         ),
     ]
 
 
 def run(name: str, scan: Path, spec, repeats: int) -> None:
+    import numpy as np
     import torch
 
     import medseg.inference.preprocess as pre
@@ -61,9 +64,16 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
     unfolded, _ = load_network(spec, "cpu")
     volume = read_volume(scan)
     plan = seg.plan_for(volume)
-    fast_argmax = pre.channel_argmax
+    fast_argmax, fast_inversion = pre._argmax_planes, pre.source_labels
+
+    def torch_argmax(part, dtype=np.uint8):
+        return part.argmax(0).to(torch.uint8 if dtype == np.uint8 else torch.int16)
+
+    def dense_inversion(part, x, out_shape, inv, dtype):
+        return pre.channel_argmax(pre.source_planes(part, x, out_shape, inv), dtype)
+
     results = []
-    for label, changes, unfold, slow_argmax in _configs():
+    for label, changes, unfold, slow in _configs():
         changes = dict(changes)
         if changes.get("sw_batch_size", 0) is None:
             changes["sw_batch_size"] = spec.inference.sw_batch_size
@@ -71,7 +81,10 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
         seg.network = unfolded if unfold else folded
         seg._channels_last = False
         seg.network.to(memory_format=torch.contiguous_format)
-        pre.channel_argmax = (lambda part, dtype: part.argmax(0).numpy().astype(dtype)) if slow_argmax else fast_argmax
+        if slow in ("argmax", "both"):
+            pre._argmax_planes = torch_argmax
+        if slow in ("inversion", "both"):
+            pre.source_labels = dense_inversion
         try:
             seg.segment(volume, p)  # warm-up (oneDNN primitives for these shapes)
             best = float("inf")
@@ -80,7 +93,7 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
                 seg.segment(volume, p)
                 best = min(best, time.perf_counter() - t)
         finally:
-            pre.channel_argmax = fast_argmax
+            pre._argmax_planes, pre.source_labels = fast_argmax, fast_inversion
         results.append((label, p, best))
     on = results[0][2]
     print(f"\n{name}: {volume.shape} voxels; plan: batch {plan.sw_batch_size}, channels_last {plan.channels_last}")
