@@ -168,6 +168,7 @@ class CaseProcessor:
             self.settings.preview,
             timings,
             statistics=stats,
+            input_sha256=work.sha256 if Path(work.task.input_path).is_file() else None,  # hashed once, in prepare
         )
         described = {kind: describe_output(outputs[kind]) for kind in OUTPUT_KINDS if kind in outputs}
         timings["write"] = time.perf_counter() - t

@@ -288,6 +288,7 @@ def write_outputs(
     preview: bool = False,
     timings: dict[str, float] | None = None,
     statistics: list[dict] | None = None,
+    input_sha256: str | None = None,
 ) -> tuple[dict[str, str], dict[str, int]]:
     """Write labels (NIfTI and/or DICOM SEG), optional stats/preview, then the sidecar, each atomically.
 
@@ -295,6 +296,8 @@ def write_outputs(
     the files this call already wrote are removed. Returns ``(outputs, label_counts)``.
     ``statistics``: :func:`~medseg.postprocess.label_statistics` rows already computed for these
     labels (a batch needs them for its cohort table); the label counts are then read from them.
+    ``input_sha256``: the input file's sha256 when the caller has already hashed it (a batch does,
+    for its ledger), so the sidecar does not read the file again.
     """
     from medseg.io import write_labels
     from medseg.models.checkpoints import sha256_of
@@ -336,7 +339,11 @@ def write_outputs(
         if "total" in timings:
             timings["total"] += timings["write"]
         outputs["sidecar"] = str(paths["sidecar"])
-        sidecar = _sidecar(input_path, volume, spec, segmenter, segmentation, label_counts, outputs, timings, sha256_of)
+        if input_sha256 is None and input_path.is_file():
+            input_sha256 = sha256_of(input_path)
+        sidecar = _sidecar(
+            input_path, volume, spec, segmenter, segmentation, label_counts, outputs, timings, input_sha256
+        )
         written.append(write_text_atomic(paths["sidecar"], json.dumps(sidecar, indent=2) + "\n"))
     except BaseException:
         for p in written:
@@ -415,7 +422,7 @@ def _dicom_input(volume: Volume) -> dict:
     }
 
 
-def _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs, timings, sha256_of) -> dict:
+def _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs, timings, input_sha256) -> dict:
     import monai
     import torch
 
@@ -424,7 +431,7 @@ def _sidecar(input_path, volume, spec, segmenter, result, label_counts, outputs,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "input": {
             "path": str(input_path),
-            "sha256": sha256_of(input_path) if input_path.is_file() else None,
+            "sha256": input_sha256,
             "shape": list(volume.shape),
             "spacing_mm": [round(s, 6) for s in volume.spacing],
             "orientation": "".join(volume.axcodes),

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -35,12 +36,21 @@ def _records(out):
         return {r.case_id: r for r in ledger.records()}
 
 
-def test_batch_writes_what_infer_writes_plus_the_cohort_table(cohort_factory, tmp_path, processor):
+def test_batch_writes_what_infer_writes_plus_the_cohort_table(cohort_factory, tmp_path, processor, monkeypatch):
+    from medseg.batch import case as batch_case
     from medseg.inference.pipeline import infer_file
+    from medseg.models import checkpoints
 
     cohort = cohort_factory(3, nested=True)
     out = tmp_path / "out"
+    hashed = []
+    for module, name in ((batch_case, "content_sha256"), (checkpoints, "sha256_of")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda p, *a, f=original: hashed.append(Path(p).name) or f(p, *a))
     summary = _run(cohort, out, processor)
+    inputs = [n for n in hashed if n.endswith(".nii.gz") and "_seg" not in n]
+    assert sorted(inputs) == ["case0.nii.gz", "case1.nii.gz", "case2.nii.gz"]  # each input read once for its hash
+    monkeypatch.undo()
     assert (summary.done, summary.skipped, summary.failed, summary.exit_code) == (3, 0, 0, 0)
     recs = _records(out)
     assert sorted(recs) == ["case0", "case2", "sub/case1"]
@@ -52,7 +62,8 @@ def test_batch_writes_what_infer_writes_plus_the_cohort_table(cohort_factory, tm
         assert np.array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj))
         assert np.array_equal(got.affine, nib.load(str(src)).affine)
         sidecar = json.loads((out / f"{case_id}_seg.json").read_text())
-        assert sidecar["input"]["sha256"] == rec.input_sha256
+        infer_sidecar = json.loads(ref.sidecar_path.read_text())
+        assert sidecar["input"]["sha256"] == rec.input_sha256 == infer_sidecar["input"]["sha256"]
         assert set(rec.outputs) == {"labels", "stats_csv", "stats_json", "sidecar"}
         assert rec.plan["roi_size"] == [16, 16, 16]
         per_case = list(csv.DictReader(open(out / f"{case_id}_seg_stats.csv")))
