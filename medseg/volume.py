@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+#: DICOM/ITK world (LPS+) -> RAS+ and back (its own inverse): ``ras_affine = LPS_TO_RAS @ lps_affine``.
+#: The io readers and writers apply it at the boundary, once; read-only because it is shared.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+LPS_TO_RAS.setflags(write=False)
+
 
 @dataclass
 class Volume:

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from medseg.errors import InputError, MedsegError
-from medseg.io.atomic import TMP_MARKER
+from medseg.io.atomic import TMP_MARKER, sha256_of
+from medseg.io.registry import IMAGE_SUFFIXES
 
-#: image files a batch picks up (what ``read_volume`` reads)
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 #: skipped by default: medseg's own outputs and ground truth beside scans (``medseg phantom --layout flat``)
 DEFAULT_EXCLUDES = ("*_seg.*", "*_seg_*", "*_gt.*")
 
@@ -199,18 +198,9 @@ def stat_fingerprint(path: str | Path) -> Fingerprint | None:
     return Fingerprint(st.st_size, st.st_mtime_ns)
 
 
-def content_sha256(path: str | Path, chunk: int = 1 << 20) -> str | None:
-    """sha256 of a file, or of a folder's files (names and contents, in sorted order)."""
-    path = Path(path)
-    h = hashlib.sha256()
+def content_sha256(path: str | Path) -> str | None:
+    """sha256 of a file, or of a folder's files (:func:`medseg.io.atomic.sha256_of`); None if unreadable."""
     try:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for f in files:
-            if path.is_dir():
-                h.update(f.relative_to(path).as_posix().encode() + b"\0")
-            with open(f, "rb") as fh:
-                while block := fh.read(chunk):
-                    h.update(block)
+        return sha256_of(path)
     except OSError:
         return None
-    return h.hexdigest()

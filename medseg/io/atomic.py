@@ -1,8 +1,9 @@
-"""Atomic file writes: write beside the target under a temporary name, fsync, then rename."""
+"""Files on disk: atomic writes (temporary name beside the target, fsync, rename) and content hashes."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -52,3 +53,25 @@ def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:
 
 def write_text_atomic(target: str | os.PathLike, text: str) -> Path:
     return write_bytes_atomic(target, text.encode("utf-8"))
+
+
+def sha256_of(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, or of a folder's files (a DICOM series).
+
+    A folder hashes each file's relative posix path and bytes in sorted order, so renaming,
+    adding or changing any file changes the digest.
+
+    Raises:
+        OSError: the path (or a file under it) cannot be read.
+    """
+    path = Path(path)
+    h = hashlib.sha256()
+    is_dir = path.is_dir()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if is_dir else [path]
+    for f in files:
+        if is_dir:
+            h.update(f.relative_to(path).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()

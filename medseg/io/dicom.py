@@ -43,9 +43,10 @@ from medseg.io.dicom_geometry import (
     slice_normal,
     untilt,
 )
-from medseg.volume import Volume
+from medseg.volume import LPS_TO_RAS, Volume
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: names that mark a file as DICOM without opening it
+DICOM_FILE_SUFFIXES = (".dcm", ".dcm.gz", ".ima", ".dicom")
 # files that are certainly not DICOM: skipped without being opened
 _NOT_DICOM_SUFFIXES = (
     ".nii",
@@ -114,7 +115,7 @@ def is_dicom_file(path: Path) -> bool:
     if not path.is_file():
         return False
     name = path.name.lower()
-    if name.endswith((".dcm", ".dcm.gz", ".ima", ".dicom")):
+    if name.endswith(DICOM_FILE_SUFFIXES):
         return True
     if name.endswith(_NOT_DICOM_SUFFIXES):
         return False
@@ -266,7 +267,7 @@ class Stack:
 def _orientation_label(orientation: np.ndarray) -> str:
     import nibabel as nib
 
-    affine = _LPS_TO_RAS @ lps_affine(orientation, (1.0, 1.0), np.zeros(3), slice_normal(orientation))
+    affine = LPS_TO_RAS @ lps_affine(orientation, (1.0, 1.0), np.zeros(3), slice_normal(orientation))
     codes = "".join(nib.aff2axcodes(affine))
     cosines = np.abs(affine[:3, :3])
     oblique = float(np.degrees(np.arccos(np.clip(cosines.max(axis=0).min(), -1, 1))))
@@ -813,7 +814,7 @@ def read_stack(
     if n_vol == 1:
         data = data[..., 0]
     meta = _volume_meta(stack, geom, resampled, notes)
-    return Volume(np.ascontiguousarray(data), _LPS_TO_RAS @ affine, meta)
+    return Volume(np.ascontiguousarray(data), LPS_TO_RAS @ affine, meta)
 
 
 def _volume_meta(stack: Stack, geom: StackGeometry, resampled: str | None, notes: list[str]) -> dict[str, Any]:

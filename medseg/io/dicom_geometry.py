@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 # Two images closer than this along the normal are at the same slice location (mm).
 SAME_POSITION_MM = 0.01
@@ -166,8 +167,6 @@ def untilt(data: np.ndarray, affine: np.ndarray, orientation: np.ndarray, fill: 
         data: ``(i, j, k[, v])`` array on ``affine``'s sheared grid.
         affine: LPS affine whose third column is the (sheared) step between slices.
     """
-    from scipy import ndimage
-
     normal = slice_normal(orientation)
     step = affine[:3, 2]
     along = float(step @ normal)

@@ -22,9 +22,8 @@ import numpy as np
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
 from medseg.io.atomic import atomic_path
-from medseg.volume import Volume
+from medseg.volume import LPS_TO_RAS, Volume
 
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # names whose SNOMED CT concept is not found by the generic lookup (``codes.SCT.<CamelCase>``)
 _ALIASES = {
     "body": "EntireBody",
@@ -120,7 +119,7 @@ def labels_on_source_frames(labels: np.ndarray, volume: Volume) -> np.ndarray:
             + np.outer(ori[:3] * ps[1], c.ravel())
             + np.outer(ori[3:] * ps[0], r.ravel())
         )
-        ras = _LPS_TO_RAS[:3, :3] @ lps
+        ras = LPS_TO_RAS[:3, :3] @ lps
         ijk = np.rint(inverse[:3, :3] @ ras + inverse[:3, 3:4]).astype(np.int64)
         inside = np.all((ijk >= 0) & (ijk < np.array(labels.shape[:3])[:, None]), axis=0)
         values = np.zeros(ijk.shape[1], dtype=labels.dtype)
@@ -368,7 +367,7 @@ def read_dicom_seg(path: str | Path, like: Volume | None = None) -> tuple[Volume
         return _from_source_frames(path, like, dtype), names
     arr = np.transpose(np.asarray(hvol.array), (2, 1, 0))  # (slice, row, col) -> (col, row, slice)
     affine = np.asarray(hvol.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
-    volume = Volume(np.ascontiguousarray(arr), _LPS_TO_RAS @ affine, {"source": str(path), "format": "dicom-seg"})
+    volume = Volume(np.ascontiguousarray(arr), LPS_TO_RAS @ affine, {"source": str(path), "format": "dicom-seg"})
     if like is not None:
         volume = volume.with_array(_resample_nearest(volume, like), like.affine)
     volume.array = volume.array.astype(dtype)
@@ -385,7 +384,7 @@ def _from_source_frames(path: Path, like: Volume, dtype) -> Volume:
     lps[:3, 0], lps[:3, 1] = ori[:3] * ps[1], ori[3:] * ps[0]
     lps[:3, 2] = (positions[-1] - positions[0]) / max(len(positions) - 1, 1)
     lps[:3, 3] = positions[0]
-    source = Volume(np.transpose(on_frames, (2, 1, 0)), _LPS_TO_RAS @ lps)
+    source = Volume(np.transpose(on_frames, (2, 1, 0)), LPS_TO_RAS @ lps)
     return Volume(_resample_nearest(source, like).astype(dtype), like.affine, {"source": str(path)})
 
 

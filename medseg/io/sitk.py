@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 
 from medseg.errors import InputError
-from medseg.volume import Volume
+from medseg.volume import LPS_TO_RAS, Volume
 
 SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def is_sitk_image(path: Path) -> bool:
@@ -19,8 +19,6 @@ def is_sitk_image(path: Path) -> bool:
 
 def sitk_to_volume(image, source: str = "<memory>") -> Volume:
     """SimpleITK image -> Volume: array transposed to (i, j, k), affine converted LPS -> RAS."""
-    import SimpleITK as sitk
-
     dim = image.GetDimension()
     arr = sitk.GetArrayFromImage(image)  # (k, j, i[, c])
     if image.GetNumberOfComponentsPerPixel() > 1:
@@ -33,14 +31,13 @@ def sitk_to_volume(image, source: str = "<memory>") -> Volume:
         return Volume(arr, np.eye(4), {"source": source})
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(image.GetSpacing())
-    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(image.GetOrigin())
+    flip = LPS_TO_RAS[:3, :3]
+    affine[:3, :3] = flip @ direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = flip @ np.asarray(image.GetOrigin())
     return Volume(np.ascontiguousarray(arr), affine, {"source": source})
 
 
 def read_sitk(path: str | Path) -> Volume:
-    import SimpleITK as sitk
-
     path = Path(path)
     try:
         image = sitk.ReadImage(str(path))

@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
+from medseg.io import ReadOptions, read_volume
+from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.volume import Volume
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 _INTENT_LABEL = 1002
 _DICOM_PEEK = 64  # files looked at to decide whether a folder holds DICOM
 
@@ -58,25 +60,25 @@ def read_layers(path: str | Sequence[str], window: str = "auto") -> list[tuple]:
     return layers
 
 
-def read_volumes(path: Path) -> list[Volume]:
-    """The volumes at ``path``: one for a file or a single-series folder, one per readable stack otherwise."""
-    from medseg.io import read_volume
+def read_volumes(path: Path, options: ReadOptions | None = None) -> list[Volume]:
+    """The volumes at ``path``: one for a file or a single-series folder, one per readable stack otherwise.
 
-    if path.is_dir():
-        from medseg.io.dicom import read_dicom, scan_dicom
-        from medseg.io.validate import validate_volume
+    ``options`` go to :func:`~medseg.io.read_volume`; with ``options.series`` a folder gives that one stack.
+    """
+    options = options or ReadOptions()
+    if path.is_dir() and options.series is None:
+        from medseg.io.dicom import scan_dicom
 
         candidates = scan_dicom(path).candidates
         if len(candidates) > 1:
             volumes = []
             for stack in candidates:
-                volume = read_dicom(path, stack.id)
-                validate_volume(volume, path)
+                volume = read_volume(path, replace(options, series=stack.id))
                 desc = stack.info.get("SeriesDescription") or stack.info.get("SeriesNumber") or stack.id[-8:]
                 volume.meta["layer_name"] = f"{path.name} {desc}"
                 volumes.append(volume)
             return volumes
-    return [read_volume(path)]
+    return [read_volume(path, options)]
 
 
 def is_label_file(volume: Volume) -> bool:

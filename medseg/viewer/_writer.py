@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import MedsegError
+from medseg.io.nifti import NIFTI_SUFFIXES
 from medseg.postprocess import label_counts
 from medseg.viewer.geometry import DisplayGeometry
 from medseg.viewer.layers import META_KEY, geometry_of, info_from_layer, sidecar_path, source_meta_of
 from medseg.volume import Volume
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def write_labels_layer(path: str, data: Any, meta: dict) -> list[str]:
