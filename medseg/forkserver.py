@@ -18,6 +18,9 @@ PRELOAD = [
     "monai.networks.nets",
     "medseg.batch.server_exit",  # the server then exits at once with the batch (see there)
 ]
+#: set in the environment only while the forkserver is started: ``medseg.batch.server_exit`` acts
+#: only in the process that has it
+SERVER_MARKER = "_MEDSEG_FORKSERVER"
 #: device nodes of a GPU driver (NVIDIA, ROCm, WSL); with none of them, ``auto`` means the CPU
 _GPU_NODES = ("/proc/driver/nvidia", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
 
@@ -32,7 +35,16 @@ def worker_context():
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    forkserver.ensure_running()
+    # The server is fork-exec'd inside ensure_running() with this process's environment (CPython's
+    # util.spawnv_passfds passes env=None), so the marker reaches it (and multiprocessing's resource
+    # tracker, started in the same call, which never imports medseg); it is gone from ours before
+    # ensure_running() returns. A server that multiprocessing relaunches on its own (in
+    # connect_to_new_process, if this one died) does not get it and merely exits the slow way.
+    os.environ[SERVER_MARKER] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        os.environ.pop(SERVER_MARKER, None)
     return ctx
 
 

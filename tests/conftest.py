@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,36 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+#: medseg's disk caches (``medseg.inference.disk_cache``, under ``$XDG_CACHE_HOME/medseg``) for the
+#: whole test session: tests never read or write the user's ~/.cache/medseg
+_CACHE_HOME: Path | None = None
+_SAVED_XDG_CACHE_HOME: str | None = None
+
+
+def pytest_configure(config):
+    """Point ``XDG_CACHE_HOME`` at a fresh folder before any test runs. Set in ``os.environ`` (not
+    monkeypatch) so that CLI subprocesses and batch workers (forked or spawned) inherit it too."""
+    global _CACHE_HOME, _SAVED_XDG_CACHE_HOME
+    _SAVED_XDG_CACHE_HOME = os.environ.get("XDG_CACHE_HOME")
+    _CACHE_HOME = Path(tempfile.mkdtemp(prefix="medseg-test-cache-"))
+    os.environ["XDG_CACHE_HOME"] = str(_CACHE_HOME)
+
+
+def pytest_unconfigure(config):
+    if _CACHE_HOME is None:
+        return
+    if _SAVED_XDG_CACHE_HOME is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = _SAVED_XDG_CACHE_HOME
+    shutil.rmtree(_CACHE_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def session_cache_home() -> Path:
+    """The session's ``XDG_CACHE_HOME`` (see :func:`pytest_configure`)."""
+    assert _CACHE_HOME is not None
+    return _CACHE_HOME
 
 
 def _find_shared_data() -> Path | None:
@@ -52,7 +84,7 @@ def write_tiny_model(
     import torch
 
     from medseg.models.checkpoints import sha256_of
-    from medseg.models.registry import build_network
+    from medseg.models.networks import build_network
     from medseg.models.spec import spec_from_dict
 
     folder.mkdir(parents=True, exist_ok=True)

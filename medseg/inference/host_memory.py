@@ -1,5 +1,8 @@
 """glibc's allocator, tuned for the window loop (Linux; a no-op elsewhere). No torch import here, so a
-command can set :func:`share_one_heap` before anything starts a thread.
+command that owns its process can call :func:`share_one_heap` before anything starts a thread.
+
+Every setting here is process-wide and outlives the run that made it (see each function), so the
+library never sets one on import: only the runs and commands that ask for them.
 
 Why it matters: a window batch allocates and frees hundreds of MiB of activations. Where those
 blocks come from decides whether every window batch page-faults fresh memory (slow, but the process
@@ -10,13 +13,12 @@ process keeps what it freed). Measured effects: benchmarks/README.md, "Speed lev
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import sys
 
 
 def _libc():
-    import ctypes
-    import ctypes.util
-    import sys
-
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -26,10 +28,13 @@ def _libc():
 
 
 #: glibc (mmap, trim) thresholds per host allocator mode (bytes); see :func:`use_host_allocator`.
-#: "glibc" is where glibc's own dynamic thresholds settle after large blocks were freed
-#: (mallopt(3): the mmap threshold rises to the size of a freed mmapped block, at most
-#: DEFAULT_MMAP_THRESHOLD_MAX = 32 MiB on 64-bit, and the trim threshold to twice that); the engine
-#: leaves the process there after a run, so code that runs next is not affected by medseg's setting.
+#: "glibc" does not give glibc its own behaviour back: setting M_MMAP_THRESHOLD or M_TRIM_THRESHOLD
+#: with mallopt turns glibc's dynamic thresholds off for the life of the process (mallopt(3), note
+#: under M_MMAP_THRESHOLD; nothing turns them on again). It sets the values that dynamic rule settles
+#: at in a process that has freed large blocks, as a window loop does: each free of an mmapped block
+#: larger than the mmap threshold and at most DEFAULT_MMAP_THRESHOLD_MAX (32 MiB on 64-bit) raises
+#: the mmap threshold to that block's size and the trim threshold to twice it, so at most 32 and
+#: 64 MiB. The engine leaves the process at those values after a run; they then stay fixed.
 HOST_ALLOCATOR_THRESHOLDS = {
     "strict": (2 << 20, 2 << 20),
     "fast": (256 << 20, 256 << 20),
@@ -49,10 +54,13 @@ def use_host_allocator(mode: str = "strict") -> bool:
     * ``fast`` (256 MiB): activations come from the heap and are reused from one window batch to
       the next; the process keeps what it freed, so the resident size may exceed the prediction.
       The planner picks it only with ample headroom under the host budget
-      (:data:`medseg.inference.memory.FAST_ALLOCATOR_HEADROOM`).
+      (:data:`medseg.inference.planner.FAST_ALLOCATOR_HEADROOM`).
 
-    The setting is process-wide (glibc has one allocator); :func:`host_allocator` scopes it to a
-    run. A no-op (False) where glibc is not the allocator.
+    The setting is process-wide (glibc has one allocator) and the first call ends glibc's dynamic
+    thresholds for the rest of the process; :func:`host_allocator` scopes the mode to a run and then
+    sets the "glibc" values (:data:`HOST_ALLOCATOR_THRESHOLDS`), not the dynamic rule. A no-op
+    (False) where glibc is not the allocator, or where mallopt refuses a value (glibc's 2021
+    sources refuse an mmap threshold above HEAP_MAX_SIZE / 2 = 32 MiB, i.e. "fast"; 2.36 accepts it).
     """
     global _ALLOCATOR_MODE
     if mode not in HOST_ALLOCATOR_THRESHOLDS:
@@ -78,9 +86,16 @@ def share_one_heap() -> bool:
     A thread other than the main one gets its own glibc arena, whose heaps are at most 64 MiB: any
     larger block (most activations) is mmapped and faulted in page by page whatever
     ``M_MMAP_THRESHOLD`` says (measured: a 3D U-Net case ran 0.87 s in a worker thread, 0.68 s in
-    the main thread, 0.72 s in a worker thread with one arena). glibc fixes its arena limit when the
-    first extra arena is made, so commands call it before anything starts a thread. A no-op (False) where
-    glibc is not the allocator.
+    the main thread, 0.72 s in a worker thread with one arena).
+
+    When it takes effect: glibc reads the limit lazily, in ``arena_get2`` (malloc/arena.c), each time
+    a thread finds no free arena and would make a new one, and keeps the first nonzero limit for
+    good: ``M_ARENA_MAX`` if set by then, else 8 x cores once more than ``M_ARENA_TEST`` (8 on 64-bit)
+    arenas exist. Set later, it still stops new arenas, but the arenas already made stay: threads
+    keep the arena they are attached to and new threads reuse one of them (the first uncontended
+    one, not necessarily the main heap). Hence a command calls it before anything starts a thread.
+    It cannot be undone, so only a command that owns its process calls it, never the library. A
+    no-op (False) where glibc is not the allocator.
     """
     libc = _libc()
     try:
@@ -91,7 +106,8 @@ def share_one_heap() -> bool:
 
 @contextlib.contextmanager
 def host_allocator(mode: str):
-    """``mode`` for the duration of a run, then glibc's settled thresholds ("glibc")."""
+    """``mode`` for the duration of a run, then the fixed values glibc's dynamic thresholds settle at
+    ("glibc"; glibc's dynamic adjustment stays off, see :data:`HOST_ALLOCATOR_THRESHOLDS`)."""
     changed = use_host_allocator(mode)
     try:
         yield changed

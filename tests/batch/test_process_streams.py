@@ -44,6 +44,7 @@ def test_more_than_one_worker_on_a_cpu_are_processes(batch_model, monkeypatch):
     assert isinstance(make_executor("local", settings), LocalPipelineExecutor)  # one core: one process
 
 
+@pytest.mark.slow
 def test_each_worker_plans_within_its_share_of_host_memory(cohort_factory, batch_model, tmp_path):
     cohort = cohort_factory(2)
     settings = CaseSettings(model=str(batch_model), device="cpu")
@@ -56,6 +57,7 @@ def test_each_worker_plans_within_its_share_of_host_memory(cohort_factory, batch
     assert ProcessStreamsExecutor(settings, workers=2).host_share > 0  # default: half of what is free
 
 
+@pytest.mark.slow
 def test_two_worker_processes_write_the_same_outputs_as_one_process(cohort_factory, batch_model, tmp_path):
     cohort = cohort_factory(5, corrupt=("broken",))
     settings = CaseSettings(model=str(batch_model), device="cpu", stats=True)
@@ -134,6 +136,7 @@ def _descendants(pid: int) -> list[int]:
     return kids + [d for k in kids for d in _descendants(k)]
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_sigkilled_batch_and_a_rerun_completes(cohort_factory, batch_model, tmp_path):
     cohort = cohort_factory(6)
     out = tmp_path / "out"
@@ -167,8 +170,10 @@ def test_workers_die_with_a_sigkilled_batch_and_a_rerun_completes(cohort_factory
 def test_the_forkserver_ends_without_interpreter_teardown(tmp_path):
     """The forkserver preloads ``medseg.batch.server_exit``: once the server is told to exit, it
     skips the rest of Python's shutdown (here an earlier atexit handler that would write a file),
-    so a pipe reading the batch's output is not held open while torch and MONAI are torn down."""
-    from medseg.forkserver import PRELOAD
+    so a pipe reading the batch's output is not held open while torch and MONAI are torn down.
+    The server is told by the environment marker ``worker_context`` starts it with (imported
+    anywhere else, the module does nothing: tests/test_imports.py)."""
+    from medseg.forkserver import PRELOAD, SERVER_MARKER
 
     assert PRELOAD[-1] == "medseg.batch.server_exit"
     marker = tmp_path / "teardown-ran"
@@ -178,6 +183,7 @@ def test_the_forkserver_ends_without_interpreter_teardown(tmp_path):
         "import medseg.batch.server_exit\n"
         "sys.exit(0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    env = {**os.environ, SERVER_MARKER: "1"}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert not marker.exists()
