@@ -42,9 +42,10 @@ import time
 t0 = time.perf_counter()
 import sys
 from pathlib import Path
-from medseg.inference.pipeline import Segmenter, infer_file, output_stem
+from medseg.inference.outputs import output_stem
+from medseg.inference.pipeline import Segmenter, infer_file
 cohort, out, model, device = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] or None, sys.argv[4]
-segmenter = Segmenter(model, device)
+segmenter = Segmenter(model, device, tune_allocator=True)  # as `medseg infer` runs it
 print(f"startup {time.perf_counter() - t0:.3f}")
 for scan in sorted(p for p in cohort.glob("*.nii.gz") if not p.name.endswith("_gt.nii.gz")):
     infer_file(scan, out / f"{output_stem(scan)}_seg.nii.gz", model=segmenter)

@@ -92,11 +92,14 @@ def run_row(args: dict) -> dict:
     import numpy as np
     import torch
 
-    from medseg.inference.engine import infer_labels
-    from medseg.inference.memory import NetworkModel, Workload, estimate, profiled_peak_bytes
+    from medseg.inference.engine import stream_windows
+    from medseg.inference.estimate import Workload, estimate
+    from medseg.inference.invert import SourceGridFinaliser
     from medseg.inference.plan import Plan
     from medseg.inference.preprocess import plan_grid
-    from medseg.models.registry import build_network
+    from medseg.inference.reference import profiled_peak_bytes
+    from medseg.inference.tracing import NetworkMemory
+    from medseg.models.networks import build_network
     from medseg.models.spec import spec_from_dict
     from medseg.volume import Volume
 
@@ -114,16 +117,16 @@ def run_row(args: dict) -> dict:
     )
     net = build_network(spec).eval()
     volume = Volume(np.zeros(shape, np.int16), np.eye(4))
-    record = plan_grid(volume, spec)
+    record = plan_grid(volume, spec.preprocessing)
     image = torch.rand((1, *shape), generator=torch.Generator().manual_seed(1))
-    plan = Plan(roi_size=roi, sw_batch_size=batch, overlap=0.25, slab_depth=slab)
+    plan = Plan(roi_size=roi, sw_batch_size=batch, overlap=0.25, slab_depth=slab, host_allocator="strict")
     work = Workload(shape, shape, shape, 1, out, dims, 2, resampled=False)
-    est = estimate(work, plan, NetworkModel(net), framework_host=0)
+    est = estimate(work, plan, NetworkMemory(net), framework_host=0)
     base = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as fh:
         fh.write("5")
     t = time.perf_counter()
-    infer_labels(net, image, plan, record, out, dims)
+    stream_windows(net, image, plan, SourceGridFinaliser(record, out), dims)
     seconds = time.perf_counter() - t
     peak = _status("VmHWM")
     # second measurement (after the RSS peak was read): one window batch under the torch profiler

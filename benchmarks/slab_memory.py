@@ -53,7 +53,7 @@ def make_model(folder: Path) -> Path:
     import torch
     import yaml
 
-    from medseg.models.registry import build_network
+    from medseg.models.networks import build_network
     from medseg.models.spec import spec_from_dict
 
     torch.manual_seed(0)
@@ -83,28 +83,26 @@ def run_case(args: dict) -> dict:
     """In a fresh process: read, preprocess, plan, infer; report the process peak."""
     import torch
 
-    from medseg.inference.engine import run_windows
-    from medseg.inference.memory import describe
+    from medseg.inference.estimate import Workload
     from medseg.inference.pipeline import Segmenter
-    from medseg.inference.preprocess import logits_to_source_labels, preprocess_image
+    from medseg.inference.plan_report import describe
+    from medseg.inference.reference import logits_to_source_labels, run_windows
     from medseg.io import read_volume
 
     torch.set_num_threads(2)
-    seg = Segmenter(args["model"], "cpu", host_memory=args.get("host_memory"))
+    seg = Segmenter(args["model"], "cpu", host_memory=args.get("host_memory"), tune_allocator=True)
     volume = read_volume(args["scan"])
     t = time.perf_counter()
     if args["engine"] == "monai":
         plan = seg.plan_for(volume).replace(slab_depth=0, roi_size=tuple(args["roi"]), sw_batch_size=1)
-        image, record = preprocess_image(volume, seg.spec)
+        image, record = seg.model.prepare(volume)
         with torch.inference_mode():
-            labels = logits_to_source_labels(run_windows(seg.network, image, plan), record)
+            labels = logits_to_source_labels(run_windows(seg.model.network, image, plan), record)
         text = ""
     else:
-        result = seg.plan_memory(volume)
+        result = seg.plan_case(volume)
         plan = result.plan
-        from medseg.inference.memory import Workload
-
-        text = describe(result, Workload.from_volume(volume, seg.spec))
+        text = describe(result, Workload.of(volume, seg.model))
         labels = seg.segment(volume, plan).labels
     return {
         **args,
@@ -129,8 +127,13 @@ def _sub(args: dict) -> dict:
 def gpu_prediction(depth: int) -> str:
     import torch
 
-    from medseg.inference.memory import NetworkModel, Workload, describe, plan_memory
-    from medseg.models.registry import build_network
+    from medseg.inference.budget import GiB
+    from medseg.inference.estimate import Workload
+    from medseg.inference.plan_report import describe
+    from medseg.inference.planner import plan_memory
+    from medseg.inference.tracing import NetworkMemory
+    from medseg.models.monai import MonaiModel
+    from medseg.models.networks import build_network
     from medseg.models.spec import spec_from_dict
 
     spec = spec_from_dict(
@@ -147,10 +150,12 @@ def gpu_prediction(depth: int) -> str:
         }
     )
     with torch.device("meta"):
-        net = NetworkModel(build_network(spec))
+        net = NetworkMemory(build_network(spec))
     shape = (512, 512, depth)
     work = Workload(shape, shape, shape, 1, 105, 3, 2, resampled=False)
-    res = plan_memory(work, spec, net, "cuda", gpu_budget=12 * GiB, host_budget=6 * GiB, framework_host=600 << 20)
+    res = plan_memory(
+        work, MonaiModel(spec).windows, net, "cuda", gpu_budget=12 * GiB, host_budget=6 * GiB, framework_host=600 << 20
+    )
     return describe(res, work)
 
 

@@ -1,7 +1,7 @@
 """Each speed lever's effect on ``Segmenter.segment`` (preprocessing, windows, inversion, argmax), one
 lever switched off at a time, in this process, on the cases of ``speed_vs_monai.py``.
 
-Levers (medseg/inference/speed.py, host_memory.py, engine.py, preprocess.py): the fast host
+Levers (medseg/inference/speed.py, host_memory.py, engine.py, invert.py): the fast host
 allocator (vs strict), batch norms folded into convolutions, the timed window batch and
 channels-last layout (vs the model's batch in the default layout), reuse of constant windows, the
 running-maximum class argmax (vs ``torch.argmax(0)``, wherever labels are taken), the inversion
@@ -27,25 +27,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def _configs():
-    """(label, plan changes, unfolded network, slow argmax and inversion); a batch of None is the model's own."""
+    """(label, plan changes, unfolded network, slow paths); a batch of None is the model's own. Slow
+    paths: ``argmax`` (torch.argmax), ``inversion`` (dense), ``reuse`` (no constant-window reuse)."""
     return [
-        ("all levers on", {}, False, False),
-        ("strict host allocator", {"host_allocator": "strict"}, False, False),
-        ("batch norms not folded", {}, True, False),
-        ("model's window batch, default layout", {"channels_last": False, "sw_batch_size": None}, False, False),
-        ("no constant-window reuse", {"reuse_constant_windows": False}, False, False),
-        ("torch.argmax(0)", {}, False, "argmax"),
-        ("dense inversion (every class, every voxel)", {}, False, "inversion"),
+        ("all levers on", {}, False, ()),
+        ("strict host allocator", {"host_allocator": "strict"}, False, ()),
+        ("batch norms not folded", {}, True, ()),
+        ("model's window batch, default layout", {"channels_last": False, "sw_batch_size": None}, False, ()),
+        ("no constant-window reuse", {}, False, ("reuse",)),
+        ("torch.argmax(0)", {}, False, ("argmax",)),
+        ("dense inversion (every class, every voxel)", {}, False, ("inversion",)),
         (
             "all off",
-            {
-                "host_allocator": "strict",
-                "channels_last": False,
-                "sw_batch_size": None,
-                "reuse_constant_windows": False,
-            },
+            {"host_allocator": "strict", "channels_last": False, "sw_batch_size": None},
             True,
-            "both",
+            ("argmax", "inversion", "reuse"),
         ),
     ]
 
@@ -54,23 +50,25 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
     import numpy as np
     import torch
 
-    import medseg.inference.preprocess as pre
+    from medseg.inference import engine, reference
+    from medseg.inference import invert as inv_module
     from medseg.inference.pipeline import Segmenter
     from medseg.io import read_volume
     from medseg.models.checkpoints import load_network
 
-    seg = Segmenter(spec, "cpu")
-    folded = seg.network
+    seg = Segmenter(spec, "cpu", tune_allocator=True)  # as `medseg infer` runs it
+    model = seg.model
+    folded = model.network
     unfolded, _ = load_network(spec, "cpu")
     volume = read_volume(scan)
     plan = seg.plan_for(volume)
-    fast_argmax, fast_inversion = pre._argmax_planes, pre.source_labels
+    fast = (inv_module._argmax_planes, inv_module.source_labels, engine.CONSTANT_WINDOW_MAX_BYTES)
 
     def torch_argmax(part, dtype=np.uint8):
         return part.argmax(0).to(torch.uint8 if dtype == np.uint8 else torch.int16)
 
     def dense_inversion(part, x, out_shape, inv, dtype):
-        return pre.channel_argmax(pre.source_planes(part, x, out_shape, inv), dtype)
+        return inv_module.channel_argmax(reference.source_planes(part, x, out_shape, inv), dtype)
 
     results = []
     for label, changes, unfold, slow in _configs():
@@ -78,13 +76,15 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
         if changes.get("sw_batch_size", 0) is None:
             changes["sw_batch_size"] = spec.inference.sw_batch_size
         p = plan.replace(**changes)
-        seg.network = unfolded if unfold else folded
-        seg._channels_last = False
-        seg.network.to(memory_format=torch.contiguous_format)
-        if slow in ("argmax", "both"):
-            pre._argmax_planes = torch_argmax
-        if slow in ("inversion", "both"):
-            pre.source_labels = dense_inversion
+        model.use_layout(False)
+        model.network = unfolded if unfold else folded
+        model.network.to(memory_format=torch.contiguous_format)
+        if "argmax" in slow:
+            inv_module._argmax_planes = torch_argmax
+        if "inversion" in slow:
+            inv_module.source_labels = dense_inversion
+        if "reuse" in slow:  # no window's logits kept, so none is reused
+            engine.CONSTANT_WINDOW_MAX_BYTES = 0
         try:
             seg.segment(volume, p)  # warm-up (oneDNN primitives for these shapes)
             best = float("inf")
@@ -93,7 +93,7 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
                 seg.segment(volume, p)
                 best = min(best, time.perf_counter() - t)
         finally:
-            pre._argmax_planes, pre.source_labels = fast_argmax, fast_inversion
+            inv_module._argmax_planes, inv_module.source_labels, engine.CONSTANT_WINDOW_MAX_BYTES = fast
         results.append((label, p, best))
     on = results[0][2]
     print(f"\n{name}: {volume.shape} voxels; plan: batch {plan.sw_batch_size}, channels_last {plan.channels_last}")
@@ -107,7 +107,8 @@ def main() -> None:
     import torch
 
     from medseg.io import read_volume, write_nifti
-    from medseg.models.registry import build_network, resolve_spec
+    from medseg.models.networks import build_network
+    from medseg.models.registry import resolve_spec
     from medseg.phantom import make_phantom
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

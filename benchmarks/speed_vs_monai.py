@@ -115,7 +115,7 @@ def _run_side(side: str, scan: Path, spec, out_dir: Path, loaded=None) -> tuple[
 
     torch.set_num_threads(2)
     if loaded is None:  # a fresh process: load what this side needs (not timed, as in-process)
-        loaded = Segmenter(spec, "cpu") if side == "medseg" else load_network(spec, "cpu")[0]
+        loaded = Segmenter(spec, "cpu", tune_allocator=True) if side == "medseg" else load_network(spec, "cpu")[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _status("VmRSS")
     _reset_peak()
@@ -140,7 +140,7 @@ def run_case(name: str, scan: Path, spec, repeats: int, isolated: bool = False) 
 
     loaded = {}
     if not isolated:
-        loaded = {"medseg": Segmenter(spec, "cpu"), "monai": load_network(spec, "cpu")[0]}
+        loaded = {"medseg": Segmenter(spec, "cpu", tune_allocator=True), "monai": load_network(spec, "cpu")[0]}
     times = {"monai": [], "medseg": []}
     peaks = {"monai": 0, "medseg": 0}
     outs = {}
@@ -203,7 +203,8 @@ def spleen_like_spec(weights: Path | None = None, **over):
 def main() -> None:
     import torch
 
-    from medseg.models.registry import build_network, resolve_spec
+    from medseg.models.networks import build_network
+    from medseg.models.registry import resolve_spec
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)

@@ -25,3 +25,20 @@ class InputError(MedsegError):
 
 class ModelError(MedsegError):
     """The model spec or its weights cannot be used."""
+
+
+def describe_error(err: BaseException) -> str:
+    """The one line a user is shown for ``err``: the CLI prints it, a batch records it for its case.
+
+    A :class:`MedsegError` already names the file and the problem; running out of memory says what
+    to do about it; anything else is named as unexpected, with its first line.
+    """
+    if isinstance(err, MedsegError):
+        return str(err)
+    if isinstance(err, MemoryError):
+        return "out of memory; close other programs, or give a smaller --host-memory/--gpu-memory budget"
+    if isinstance(err, OSError) and err.strerror:  # permissions, full disk: name the file the system named
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror}"
+    text = " ".join(str(err).split())
+    return f"unexpected {type(err).__name__}: {text[:200]}" if text else f"unexpected {type(err).__name__}"

@@ -86,8 +86,18 @@ def test_model_channel_mismatch_is_one_line(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(main, ["--debug", "infer", str(tmp_path / "absent.nii.gz")])
-    assert result.exit_code != 0 and result.exception is not None
+    """With --debug the error is not turned into one line: it propagates with its traceback."""
+    import traceback
+
+    from medseg.errors import InputError
+
+    missing = tmp_path / "absent.nii.gz"
+    result = CliRunner().invoke(main, ["--debug", "infer", str(missing)])
+    assert result.exit_code == 1 and isinstance(result.exception, InputError)
+    assert str(result.exception) == f"{missing}: no such file or folder"
+    frames = traceback.extract_tb(result.exc_info[2])
+    assert "infer" in [f.name for f in frames]  # through the command...
+    assert not frames[-1].filename.endswith("cli.py")  # ...from where it was raised, not re-raised there
 
 
 def test_usage_error_is_exit_2():
@@ -159,3 +169,45 @@ def test_unwritable_output_location_is_one_line(tmp_path):
     assert result.exit_code == 1
     assert len(result.stderr.strip().splitlines()) == 1 and "not_a_folder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["convert", "view"])
+def test_reader_options_are_in_the_help(command):
+    result = _run(command, "--help")
+    assert result.exit_code == 0, result.output
+    for flag in ("--series", "--resample-irregular", "--keep-tilt"):
+        assert flag in result.output
+    assert "SeriesInstanceUID" in result.output and "sheared affine" in result.output
+
+
+def test_convert_dicom_option_on_nifti_is_one_line_exit_1(tmp_path):
+    scan = save_nifti(tmp_path / "scan.nii.gz", np.zeros((10, 10, 10), np.int16), np.eye(4))
+    out = tmp_path / "out.nii.gz"
+    result = _run("convert", scan, out, "--series", "2")
+    assert result.exit_code == 1
+    expected = f"medseg: error: {scan}: --series applies to DICOM input only; this is not a DICOM file"
+    assert result.stderr.strip() == expected
+    assert not out.exists()
+    assert _run("convert", scan, out).exit_code == 0 and out.exists()  # without the option it converts
+
+
+def test_reader_options_decorator_folds_the_flags_into_one_read_options_kwarg():
+    import click
+
+    from medseg.cli import handle_errors, reader_options
+    from medseg.io import ReadOptions
+
+    seen = []
+
+    @click.command()
+    @click.argument("path")
+    @reader_options
+    @handle_errors
+    def probe(path, read_options):
+        seen.append((path, read_options))
+
+    assert CliRunner().invoke(probe, ["x", "--series", "1.2.3#2", "--keep-tilt"]).exit_code == 0
+    assert CliRunner().invoke(probe, ["y"]).exit_code == 0
+    assert seen == [("x", ReadOptions(series="1.2.3#2", keep_tilt=True)), ("y", ReadOptions())]
+    result = CliRunner().invoke(probe, ["z", "--series", " "])
+    assert result.exit_code == 2 and "series must not be empty" in result.output

@@ -15,7 +15,7 @@ FRESH_SEEDS = (9100, 9101, 9102)
 
 def _mean_dice(model: str, seeds) -> tuple[float, dict]:
     seg = Segmenter(model, device="cpu")
-    names = {k: v for k, v in seg.spec.label_names().items() if k != 0}
+    names = {k: v for k, v in seg.model.spec.label_names().items() if k != 0}
     per_label: dict[str, list[float]] = {n: [] for n in names.values()}
     for seed in seeds:
         image, truth = make_phantom(seed)
@@ -40,7 +40,7 @@ def test_2d_model_dice_on_fresh_phantoms():
 
 @pytest.mark.parametrize("name", ["phantom-unet3d", "phantom-unet2d"])
 def test_shipped_weights_match_their_spec_hash(name):
-    from medseg.models.checkpoints import sha256_of
+    from medseg.io.atomic import sha256_of
 
     spec = load_spec(available_models()[name])
     assert spec.weights.sha256 and sha256_of(spec.weights_path()) == spec.weights.sha256

@@ -1,12 +1,14 @@
-"""One case of a batch, end to end, in three stages that a pipeline can overlap.
+"""One case of a batch: the case pipeline's stages (:mod:`medseg.inference.pipeline`) grouped for a
+batch executor, and the plain data that travels between the batch and its workers.
 
-``prepare`` (read, validate, hash the input, plan) -> ``infer`` (``Segmenter.segment``: preprocessing,
-the network, labels back on the source grid) -> ``finish`` (write the same outputs as
-``medseg infer`` with its ``write_outputs``, hash them). A local pipeline runs the three on
-different threads so that the next case is read and the previous one written while the current
-one is inferred; a Dask worker runs them back to back (:meth:`CaseProcessor.run`).
+``prepare`` (fingerprint and hash the input, read it, check it, plan it) -> ``infer`` (segment) ->
+``finish`` (write the same outputs as ``medseg infer``, hash them for the ledger). A local pipeline
+runs the three on different threads so that the next case is read and the previous one written
+while the current one is inferred; worker processes and Dask workers run them back to back
+(:meth:`CaseProcessor.run`). The error policy is the pipeline's: any error in a stage fails that
+case only, with :func:`medseg.errors.describe_error`'s one line (:func:`failed_result`).
 
-Everything here is plain data in and out, so it pickles to Dask workers.
+Everything here is plain data in and out, so it pickles to worker processes and Dask workers.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from medseg.batch.cohort import content_sha256, stat_fingerprint
-from medseg.errors import InputError, MedsegError
-from medseg.models.checkpoints import sha256_of as file_sha256
-
-#: output kinds, in the order ``write_outputs`` writes them (the sidecar is always last)
-OUTPUT_KINDS = ("labels", "stats_csv", "stats_json", "preview", "sidecar")
+from medseg.errors import InputError, describe_error
+from medseg.inference.outputs import OUTPUT_KINDS
+from medseg.inference.pipeline import Case, CaseOptions, Segmenter, read_case, start_case
+from medseg.io import ReadOptions
+from medseg.io.atomic import sha256_of
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,18 @@ class CaseSettings:
     stats: bool = False
     preview: bool = False
     overlap: float | None = None
+    read: ReadOptions = field(default_factory=ReadOptions)
+    #: let each case's run set glibc's allocator for its windows (``medseg batch`` asks for it)
+    tune_allocator: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["read"] = self.read.to_dict()
+        return d
+
+    def case_options(self) -> CaseOptions:
+        """The pipeline's options for every case: the cohort table needs each case's statistics."""
+        return CaseOptions(self.stats, self.preview, self.overlap, "nifti", self.read, statistics=True)
 
 
 @dataclass(frozen=True)
@@ -74,31 +85,7 @@ def worker_name() -> str:
 
 def describe_output(path: str | Path) -> dict[str, Any]:
     path = Path(path)
-    return {"path": str(path), "sha256": file_sha256(path), "size": path.stat().st_size}
-
-
-def one_line(err: BaseException) -> str:
-    """A user-facing one-line reason for a failed case."""
-    if isinstance(err, MedsegError):
-        return str(err)
-    if isinstance(err, MemoryError):
-        return "out of memory while segmenting this case"
-    text = " ".join(str(err).split())
-    return f"unexpected {type(err).__name__}: {text[:200]}" if text else f"unexpected {type(err).__name__}"
-
-
-@dataclass
-class _Work:
-    """A case travelling through the stages (large arrays are dropped as soon as they are used)."""
-
-    task: CaseTask
-    t0: float
-    fingerprint: Any = None
-    sha256: str | None = None
-    volume: Any = None
-    plan: Any = None
-    labels: Any = None
-    timings: dict[str, float] = field(default_factory=dict)
+    return {"path": str(path), "sha256": sha256_of(path), "size": path.stat().st_size}
 
 
 class CaseProcessor:
@@ -107,102 +94,81 @@ class CaseProcessor:
     Args:
         segmenter: a loaded :class:`~medseg.inference.pipeline.Segmenter` (the model is loaded once
             and shared by every case this processor runs).
-        settings: the batch settings (stats, preview, overlap).
+        settings: the batch settings (stats, preview, overlap, reader options).
     """
 
-    def __init__(self, segmenter, settings: CaseSettings) -> None:
+    def __init__(self, segmenter: Segmenter, settings: CaseSettings) -> None:
         self.segmenter = segmenter
         self.settings = settings
+        self.options = settings.case_options()
 
     @classmethod
     def load(cls, settings: CaseSettings) -> CaseProcessor:
-        from medseg.inference.pipeline import Segmenter
+        segmenter = Segmenter(settings.model, settings.device, tune_allocator=settings.tune_allocator)
+        return cls(segmenter, settings)
 
-        return cls(Segmenter(settings.model, settings.device), settings)
-
-    # Segmenter.segment is the single source of truth for the maths (preprocessing, the engine and
-    # its memory plan, the way back to the source grid), so batch labels are exactly infer's labels.
-    def prepare(self, task: CaseTask) -> _Work:
-        """Read, validate and hash the input and plan its inference (the reader stage)."""
-        from medseg.io import read_volume
-
-        work = _Work(task, time.perf_counter())
+    def prepare(self, task: CaseTask) -> Case:
+        """Fingerprint and hash the input, read, check and plan it (the reader stage)."""
         path = Path(task.input_path)
         if not path.exists():
             raise InputError("no such file or folder", path)
-        work.fingerprint = stat_fingerprint(path)
-        work.sha256 = content_sha256(path)
+        case = start_case(path, task.labels_path, self.options)
+        case.case_id = task.case_id
         t = time.perf_counter()
-        volume = read_volume(path)
-        work.timings["read"] = time.perf_counter() - t
-        self.segmenter.check_input(volume)
-        work.plan = self.segmenter.plan_for(volume, self.settings.overlap)
-        work.volume = volume
-        return work
+        case.fingerprint = stat_fingerprint(path)
+        case.input_sha256 = content_sha256(path)
+        case.timings["hash"] = time.perf_counter() - t
+        read_case(case)
+        return self.segmenter.plan(self.segmenter.check(case))
 
-    def infer(self, work: _Work) -> _Work:
-        """The model: preprocessing, windows and labels on the source grid (the compute stage)."""
-        segmentation = self.segmenter.segment(work.volume, work.plan)
-        work.labels = segmentation.labels
-        work.timings.update(segmentation.timings)
-        return work
+    def infer(self, case: Case) -> Case:
+        """The model: preparation, windows and labels on the source grid (the compute stage)."""
+        return self.segmenter.segment_case(case)
 
-    def finish(self, work: _Work) -> CaseResult:
-        from medseg.inference.pipeline import Segmentation, output_paths, write_outputs
-        from medseg.postprocess import label_statistics
-
-        volume, labels = work.volume, work.labels
-        segmentation = Segmentation(volume, labels, work.plan, {})
-        paths = output_paths(work.task.input_path, work.task.labels_path)
-        timings = dict(work.timings)
-        timings["total"] = time.perf_counter() - work.t0
-        t = time.perf_counter()
-        names = {k: v for k, v in self.segmenter.spec.label_names().items() if k != 0}
-        stats = label_statistics(labels, volume, names)  # the cohort table's rows, and the sidecar's counts
-        outputs, _ = write_outputs(
-            Path(work.task.input_path),
-            segmentation,
-            self.segmenter,
-            paths,
-            self.settings.stats,
-            self.settings.preview,
-            timings,
-            statistics=stats,
-            input_sha256=work.sha256 if Path(work.task.input_path).is_file() else None,  # hashed once, in prepare
-        )
-        described = {kind: describe_output(outputs[kind]) for kind in OUTPUT_KINDS if kind in outputs}
-        timings["write"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - work.t0
-        fp = work.fingerprint
+    def finish(self, case: Case) -> CaseResult:
+        """Write the outputs (the writer stage); the result carries the sidecar's timing record."""
+        fp, sha, plan = case.fingerprint, case.input_sha256, case.plan
+        result = self.segmenter.write(case)
+        described = {kind: describe_output(result.outputs[kind]) for kind in OUTPUT_KINDS if kind in result.outputs}
         return CaseResult(
-            case_id=work.task.case_id,
+            case_id=case.case_id,
             ok=True,
             input_size=fp.size if fp else None,
             input_mtime_ns=fp.mtime_ns if fp else None,
-            input_sha256=work.sha256,
+            input_sha256=sha,
             outputs=described,
-            plan=work.plan.to_dict(),
-            stats=stats,
-            timings={k: round(v, 4) for k, v in timings.items()},
-            weights_sha256=self.segmenter.weights_sha256,
+            plan=plan.to_dict(),
+            stats=result.statistics or [],
+            timings=dict(result.timings),
+            weights_sha256=self.segmenter.model.weights_sha256,
             worker=worker_name(),
-            seconds=time.perf_counter() - work.t0,
+            seconds=result.timings["total"],
         )
 
-    def run(self, task: CaseTask) -> CaseResult:
-        """All three stages back to back; a problem with the input comes back as a failed result."""
+    def run(self, task: CaseTask, stage=None) -> CaseResult:
+        """All three stages back to back; ``stage(name)`` is told each stage as it starts. Any
+        error fails this case only (:func:`failed_result`)."""
         try:
-            return self.finish(self.infer(self.prepare(task)))
-        except (MedsegError, MemoryError) as err:
+            if stage:
+                stage("reading")
+            case = self.prepare(task)
+            if stage:
+                stage("inference")
+            case = self.infer(case)
+            if stage:
+                stage("writing")
+            return self.finish(case)
+        except Exception as err:  # noqa: BLE001 - one case's failure is that case's
             return failed_result(task, err)
 
 
 def failed_result(task: CaseTask, err: BaseException) -> CaseResult:
+    """A failed case: the one-line reason (:func:`medseg.errors.describe_error`) and the input's fingerprint."""
     fp = stat_fingerprint(task.input_path)
     return CaseResult(
         case_id=task.case_id,
         ok=False,
-        error=one_line(err),
+        error=describe_error(err),
         input_size=fp.size if fp else None,
         input_mtime_ns=fp.mtime_ns if fp else None,
         input_sha256=content_sha256(task.input_path) if fp else None,

@@ -7,8 +7,8 @@
 - Workers write outputs atomically into the shared output folder; only the client writes the ledger.
 - A worker that dies mid-case (killed, out of memory) loses the task and the scheduler reruns it on
   another worker; after ``distributed.scheduler.allowed-failures`` deaths (default 3) the case is
-  recorded as failed. An unexpected exception is retried ``retries`` times; a problem with the
-  input (corrupt scan) is not retried, it is a result.
+  recorded as failed. An error inside a case (a corrupt scan, an unexpected exception) is that
+  case's failed result, as in every other executor (:meth:`CaseProcessor.run`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import logging
 import os
 import uuid
 
+import torch
 from distributed import Client, LocalCluster, WorkerPlugin, get_worker
+from distributed.scheduler import KilledWorker
 
 from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask, failed_result
-from medseg.errors import MedsegError, ModelError
+from medseg.errors import MedsegError, ModelError, describe_error
 
 PLUGIN_NAME = "medseg-segmenter"
 
@@ -39,13 +41,11 @@ class SegmenterPlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         if self.torch_threads:
-            import torch
-
             torch.set_num_threads(self.torch_threads)
         try:
             self.processor = CaseProcessor.load(self.settings)
-        except MedsegError as err:  # reported with each case this worker is given
-            self.error = str(err)
+        except Exception as err:  # noqa: BLE001 - reported with each case this worker is given
+            self.error = describe_error(err)
 
     def teardown(self, worker) -> None:
         self.processor = None
@@ -67,7 +67,7 @@ class DaskExecutor:
         settings: model, device and output options (the model path must be visible to workers).
         address: scheduler address, e.g. ``tcp://10.0.0.5:8786``.
         n_workers: start a LocalCluster with this many single-threaded worker processes instead.
-        retries: reruns of a case whose task raised an unexpected exception.
+        retries: reruns of a task that raised outside the case (a case's own errors are its result).
         client: an existing ``distributed.Client`` (tests); the plugin is registered on it.
     """
 
@@ -176,8 +176,6 @@ class DaskExecutor:
 
 def _explain(err: BaseException) -> BaseException:
     """KilledWorker in words a user understands."""
-    from distributed.scheduler import KilledWorker
-
     if isinstance(err, KilledWorker):
         return MedsegError(
             "Dask workers died repeatedly while running this case (out of memory? a crash?); rerun with --retry-failed"

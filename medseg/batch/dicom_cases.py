@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from medseg.batch.cohort import Case
+from medseg.io.dicom import is_dicom_file, scan_dicom
 
 
 def _case_part(stack_id: str) -> str:
@@ -20,8 +21,6 @@ def _case_part(stack_id: str) -> str:
 
 def dicom_case_finder(root: Path, folder: Path) -> list[Case] | None:
     """Cases for ``folder`` if it directly holds DICOM files, else None (the folder is walked as usual)."""
-    from medseg.io.dicom import is_dicom_file, scan_dicom
-
     files = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.startswith(".")]
     if not any(is_dicom_file(p) for p in files):
         return None

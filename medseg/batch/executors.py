@@ -20,8 +20,13 @@ import os
 from collections.abc import Callable
 from typing import Protocol
 
+import torch
+
 from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask
+from medseg.batch.process_streams import ProcessStreamsExecutor
 from medseg.errors import MedsegError
+from medseg.forkserver import surely_cpu
+from medseg.inference.plan import resolve_device
 
 StageCallback = Callable[[str, str], None]
 
@@ -65,6 +70,7 @@ class LocalPipelineExecutor:
         self.processor = processor
         self.on_stage = on_stage
         self._pools: list[cf.ThreadPoolExecutor] = []
+        self._torch_threads: int | None = None
 
     @property
     def description(self) -> str:
@@ -74,10 +80,7 @@ class LocalPipelineExecutor:
         if self.processor is None:
             self.processor = CaseProcessor.load(self.settings)
         on_cpu = self.processor.segmenter.device == "cpu"
-        self._torch_threads = None
         if self.workers > 1 and on_cpu:
-            import torch
-
             self._torch_threads = torch.get_num_threads()
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.workers))
         self._read = cf.ThreadPoolExecutor(1, thread_name_prefix="medseg-read")
@@ -89,9 +92,7 @@ class LocalPipelineExecutor:
     def __exit__(self, *exc) -> None:
         for pool in self._pools:
             pool.shutdown(wait=True, cancel_futures=True)
-        if getattr(self, "_torch_threads", None):
-            import torch
-
+        if self._torch_threads:
             torch.set_num_threads(self._torch_threads)  # leave the caller's process as it was
 
     def capacity(self) -> int:
@@ -141,14 +142,9 @@ class LocalPipelineExecutor:
 
 
 def _on_cpu(device: str) -> bool:
-    """Whether ``device`` resolves to the CPU; without importing torch where no GPU driver is
-    present, so that the workers' start-up is not held up by the parent's."""
-    from medseg.forkserver import surely_cpu
-
+    """Whether ``device`` resolves to the CPU (without asking CUDA where no GPU driver is present)."""
     if surely_cpu(device):
         return True
-    from medseg.inference.plan import resolve_device
-
     return resolve_device(device) == "cpu"
 
 
@@ -197,8 +193,6 @@ def make_executor(
     if kind == "local":
         n = local_streams(settings.device, workers)
         if n > 1 and _on_cpu(settings.device):
-            from medseg.batch.process_streams import ProcessStreamsExecutor
-
             return ProcessStreamsExecutor(settings, workers=n, on_stage=on_stage)
         return LocalPipelineExecutor(settings, workers=workers, on_stage=on_stage)
     try:

@@ -28,6 +28,7 @@ Safety:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import ctypes
 import multiprocessing as mp
 import os
 import pickle
@@ -35,11 +36,16 @@ import queue
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 
-from medseg.batch.case import CaseResult, CaseSettings, CaseTask, failed_result
-from medseg.errors import MedsegError, ModelError
+import torch
+
+from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask
+from medseg.errors import MedsegError, ModelError, describe_error
 from medseg.forkserver import worker_context
+from medseg.inference.host_memory import available_host_bytes
 
 #: cases one worker holds at once: the one it runs and the next, so it never waits for the parent
 CASES_PER_WORKER = 2
@@ -50,8 +56,6 @@ STARTUP_TIMEOUT_S = 600.0
 def _equal_share(workers: int) -> int | None:
     if workers <= 1:
         return None
-    from medseg.inference.host_memory import available_host_bytes
-
     return available_host_bytes() // workers
 
 
@@ -68,9 +72,6 @@ def _alive(pid: int) -> bool:
 def _die_with_parent(batch_pid: int) -> None:
     """Ask the kernel to SIGKILL this process when its parent (the batch, or the forkserver, which
     exits with the batch) dies; a watchdog on both pids is the fallback."""
-    import ctypes
-    import time
-
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         try:
@@ -101,18 +102,15 @@ def _worker_main(
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; it stops the workers
     _die_with_parent(batch_pid)
-    import torch
-
-    from medseg.batch.case import CaseProcessor
-
     torch.set_num_threads(max(1, torch_threads))
     try:
         processor = CaseProcessor.load(settings)
     except BaseException as err:  # noqa: BLE001 - reported to the parent as one line
-        conn.send(("load-failed", index, _one_line(err)))
+        conn.send(("load-failed", index, describe_error(err)))
         os._exit(0)
     if host_share is not None:
         processor.segmenter.host_budget = host_share
+        processor.segmenter.budget_note = "that is this worker's share of host memory: rerun it with --workers 1"
     conn.send(("ready", index, os.getpid()))
     while True:
         try:
@@ -123,35 +121,12 @@ def _worker_main(
             continue
         if task is None:
             break
-        conn.send(
-            ("result", index, _run_case(processor, task, lambda stage, t=task: conn.send(("stage", t.case_id, stage))))
-        )
+        conn.send(("result", index, processor.run(task, lambda stage, t=task: conn.send(("stage", t.case_id, stage)))))
     conn.send(("stopped", index, None))
     conn.close()
     # nothing is left to flush (outputs are renamed into place, the ledger is the parent's):
     # skip the interpreter's teardown of torch and MONAI, which takes seconds
     os._exit(0)
-
-
-def _one_line(err: BaseException) -> str:
-    from medseg.batch.case import one_line
-
-    return one_line(err)
-
-
-def _run_case(processor, task: CaseTask, stage) -> CaseResult:
-    """The three stages of one case back to back; any error becomes a failed result."""
-    try:
-        stage("reading")
-        work = processor.prepare(task)
-        stage("inference")
-        work = processor.infer(work)
-        stage("writing")
-        return processor.finish(work)
-    except Exception as err:  # noqa: BLE001 - one case's failure is that case's
-        if isinstance(err, MedsegError) and str(err).startswith("nothing fits the budget"):
-            err = MedsegError(f"{err}; that is this worker's share of host memory: rerun it with --workers 1")
-        return failed_result(task, err)
 
 
 @dataclass
@@ -220,8 +195,6 @@ class ProcessStreamsExecutor:
     def _messages(self, timeout: float) -> list[tuple]:
         """Messages from every worker that has any within ``timeout``; a broken pipe (a worker
         killed mid-message, or gone) yields nothing and is left to the death check."""
-        from multiprocessing.connection import wait
-
         conns = {id(w.conn): w for w in self._pool if not w.dead}
         out = []
         for conn in wait([w.conn for w in conns.values()], timeout=timeout):
@@ -235,8 +208,6 @@ class ProcessStreamsExecutor:
 
     def _wait_ready(self, waiting: set[int]) -> None:
         """Block until the workers in ``waiting`` have loaded the model (or one failed to)."""
-        import time
-
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while waiting:
             messages = self._messages(1.0)

@@ -12,6 +12,7 @@ from pathlib import Path
 from medseg.batch.case import CaseResult
 from medseg.batch.ledger import CohortLedger
 from medseg.batch.runner import NullReporter, RunLock, ledger_files
+from medseg.errors import MedsegError
 
 
 class PlainReporter(NullReporter):
@@ -124,8 +125,6 @@ def _when(ts: float | None) -> str:
 
 def status_text(out_dir: str | Path, max_failures: int = 50) -> str:
     """The ledger summary of every part found in ``out_dir`` (``medseg batch --status``)."""
-    from medseg.errors import MedsegError
-
     out_dir = Path(out_dir)
     files = ledger_files(out_dir)
     if not files:

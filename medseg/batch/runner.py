@@ -13,8 +13,9 @@ Resume rules (checked for every case, every run):
   did not reach its commit; its outputs are removed and the case is redone (at most the cases that
   were in flight when the run died).
 
-Stale ``.medseg-tmp-`` files from a killed run are removed at the start of the next one (unless
-another part of the same cohort is running on the folder right now).
+Stale ``.medseg-tmp-`` files from a killed run are removed at the start of the next one, and those
+of a worker killed during this run once every worker has stopped (unless another part of the same
+cohort is running on the folder right now).
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medseg.batch.case import CaseResult, CaseSettings, CaseTask, failed_result, file_sha256, one_line
+from medseg.batch.case import CaseResult, CaseSettings, CaseTask, failed_result
 from medseg.batch.cohort import Case, Fingerprint, content_sha256, stat_fingerprint
 from medseg.batch.ledger import CaseRecord, CohortLedger
 from medseg.errors import MedsegError
-from medseg.io.atomic import TMP_MARKER, write_text_atomic
+from medseg.inference.outputs import labels_name, output_paths
+from medseg.io.atomic import TMP_MARKER, sha256_of, write_text_atomic
+from medseg.models.registry import open_model
 
 LEDGER_STEM = "medseg_batch"
 STATISTICS_CSV = "statistics.csv"
@@ -57,26 +60,20 @@ def ledger_files(out_dir: str | Path) -> list[Path]:
 
 
 def labels_path_for(out_dir: Path, case_id: str) -> Path:
-    return out_dir / f"{case_id}_seg.nii.gz"
+    return out_dir / labels_name(case_id)
 
 
 def settings_key(settings: CaseSettings) -> str:
-    """What makes two runs' outputs interchangeable: the model's weights and the output options."""
-    from medseg.models.registry import resolve_spec
-
-    spec = resolve_spec(settings.model)
-    weights = spec.weights_path()
-    if weights is None or not weights.is_file():
-        from medseg.errors import ModelError
-
-        raise ModelError("weights file not found", weights or spec.name)
-    digest = (spec.weights.sha256 if spec.weights and spec.weights.sha256 else None) or file_sha256(weights)
+    """What makes two runs' outputs interchangeable: the model (its weights' sha256) and the options."""
+    model = open_model(settings.model)
     key = {
-        "model": spec.name,
-        "weights_sha256": digest,
+        "model": model.name,
+        "version": model.version,
+        "weights_sha256": model.weights_digest(),
         "stats": settings.stats,
         "preview": settings.preview,
         "overlap": settings.overlap,
+        "read": settings.read.to_dict(),
     }
     return json.dumps(key, sort_keys=True)
 
@@ -180,7 +177,7 @@ def _outputs_intact(rec: CaseRecord) -> str | None:
                 return f"{kind} output changed size"
         except OSError:
             return f"{kind} output is missing"
-        if file_sha256(p) != out["sha256"]:
+        if sha256_of(p) != out["sha256"]:
             return f"{kind} output was modified"
     return None
 
@@ -285,8 +282,6 @@ def write_statistics(out_dir: Path) -> Path:
 
 
 def _remove_outputs(labels_path: Path) -> None:
-    from medseg.inference.pipeline import output_paths
-
     for p in output_paths(labels_path, labels_path).values():
         with contextlib.suppress(FileNotFoundError):
             p.unlink()
@@ -337,6 +332,10 @@ def run_batch(
                 with executor:
                     summary.executor = executor.description  # settled once the model is loaded
                     _drive(to_run, out_dir, executor, ledger, key, run_id, reporter, summary)
+                # every worker has stopped: a temp file left now is a killed worker's unfinished
+                # write (its case was redone elsewhere), unless another part is writing here
+                if not other_runs_active(out_dir, lock.path):
+                    summary.stale_temp_files_removed += len(clean_stale_temp_files(out_dir))
         finally:
             reporter.close()
             summary.seconds = time.perf_counter() - t_start
@@ -409,4 +408,4 @@ def _record(ledger: CohortLedger, result: CaseResult, key: str) -> None:
         )
 
 
-__all__ = ["BatchSummary", "Decision", "decide", "run_batch", "ledger_path", "one_line"]
+__all__ = ["BatchSummary", "Decision", "decide", "run_batch", "ledger_path"]

@@ -1,16 +1,13 @@
-"""Runs a :class:`~medseg.inference.plan.Plan`: sliding-window inference, 3D or slice-wise 2D.
+"""Runs a :class:`~medseg.inference.plan.Plan`: sliding-window inference, 3D or slice-wise 2D, streaming.
 
-Two ways to the same numbers:
-
-* :func:`run_windows` is MONAI's own inferer with a full ``classes x voxels`` output buffer (the
-  reference, and what MONAI users get).
-* :func:`infer_labels` streams. Windows run in the order of their start along the last axis; the
-  aggregation buffer holds only the planes that windows still touch (``Plan.slab_depth``). Planes
-  that no later window reaches are divided by the blending weights and handed to a *finaliser*
-  (argmax + inversion to the source grid, :class:`SourceGridFinaliser`), so peak memory no longer
-  grows with depth x classes. Window positions, padding, Gaussian weights and the in-place
-  arithmetic are MONAI's (``dense_patch_slices``, ``compute_importance_map``); only the order in
-  which up to eight overlapping windows are summed differs, i.e. float32 rounding.
+Windows run in the order of their start along the last axis; the aggregation buffer holds only the
+planes that windows still touch (``Plan.slab_depth``). Planes that no later window reaches are
+divided by the blending weights and handed to the model's *finaliser* (for MONAI-style models the
+argmax and inversion to the source grid, :class:`~medseg.inference.invert.SourceGridFinaliser`), so
+peak memory no longer grows with depth x classes. Window positions, padding, Gaussian weights and
+the in-place arithmetic are MONAI's (:mod:`medseg.inference.windows`, ``compute_importance_map``);
+only the order in which up to eight overlapping windows are summed differs, i.e. float32 rounding
+(the reference it is tested against: :func:`medseg.inference.reference.run_windows`).
 
 Invariants of the streaming loop (3D): windows are sorted by their start ``s`` on the slab axis;
 when a batch whose smallest start is ``m`` is about to be added, every plane ``< m`` is complete,
@@ -27,25 +24,23 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from monai.data.utils import compute_importance_map
+from monai.inferers import SliceInferer
 
 from medseg.errors import MedsegError
 from medseg.inference.host_memory import host_allocator
 from medseg.inference.plan import Plan
+from medseg.inference.windows import MAX_CHUNK_PLANES, buffer_planes, chunk_planes, pad_amounts, window_starts
+
+if TYPE_CHECKING:
+    from medseg.inference.preprocess import GridRecord
+    from medseg.models.base import Model
 
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-#: target size of one finalisation / inversion step's float32 temporaries (planes per step follow)
-CHUNK_BYTES = 64 << 20
-MAX_CHUNK_PLANES = 16
-
-
-def chunk_planes(classes: int, plane_voxels: int) -> int:
-    """Planes handed on (or inverted) per step: up to 16, fewer when one plane of logits is large."""
-    return int(max(1, min(MAX_CHUNK_PLANES, CHUNK_BYTES // max(1, classes * plane_voxels * 4))))
 
 
 class MemoryFallbackWarning(UserWarning):
@@ -54,7 +49,7 @@ class MemoryFallbackWarning(UserWarning):
     medseg_warning = True
 
 
-def _inferer_kwargs(plan: Plan) -> dict:
+def inferer_kwargs(plan: Plan) -> dict:
     """MONAI inferer arguments for ``plan`` (windows, blending and where buffers live)."""
     return dict(
         roi_size=tuple(plan.roi_size),
@@ -65,57 +60,6 @@ def _inferer_kwargs(plan: Plan) -> dict:
         device=plan.aggregation_device,
         progress=False,
     )
-
-
-def run_windows(
-    network: torch.nn.Module,
-    image: torch.Tensor,
-    plan: Plan,
-    spatial_dims: int = 3,
-    on_progress: Callable[[float], None] | None = None,
-) -> torch.Tensor:
-    """Blend the network's logits over windows covering ``image`` (``(C, X, Y, Z)``).
-
-    A 2D network runs over the axial planes (last axis) with MONAI's ``SliceInferer``. Returns
-    ``(out_channels, X, Y, Z)`` float32 logits on the CPU.
-    """
-    from monai.inferers import SliceInferer, SlidingWindowInferer
-
-    x = image.unsqueeze(0).to(plan.device)
-    common = _inferer_kwargs(plan)
-    inferer = SliceInferer(spatial_dim=2, **common) if spatial_dims == 2 else SlidingWindowInferer(**common)
-
-    done = {"n": 0}
-    total = _window_count(x.shape[2:], plan, spatial_dims)
-
-    def counted(batch: torch.Tensor) -> torch.Tensor:
-        out = network(batch)
-        done["n"] += batch.shape[0]
-        if on_progress is not None:
-            on_progress(min(done["n"] / max(total, 1), 1.0))
-        return out.float()
-
-    autocast = (
-        torch.autocast(device_type="cuda", dtype=_DTYPES[plan.precision])
-        if plan.precision in _DTYPES and plan.device.startswith("cuda")
-        else contextlib.nullcontext()
-    )
-    with torch.inference_mode(), autocast:
-        logits = inferer(x, counted)
-    return logits[0].float().cpu()
-
-
-def _window_count(shape: tuple[int, ...], plan: Plan, spatial_dims: int) -> int:
-    """Number of windows MONAI will run (for the progress bar only)."""
-    import math
-
-    dims = tuple(shape[:2]) if spatial_dims == 2 else tuple(shape)
-    count = 1
-    for size, roi in zip(dims, plan.roi_size):
-        size = max(size, roi)  # MONAI pads up to the roi
-        step = max(int(roi * (1 - plan.overlap)), 1)
-        count *= math.ceil((size - roi) / step) + 1 if size > roi else 1
-    return count * (int(shape[2]) if spatial_dims == 2 else 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,45 +118,6 @@ def _fallback(plan: Plan, err: BaseException, where: str) -> Plan:
     return smaller
 
 
-def scan_interval(image_size: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> tuple[int, ...]:
-    """MONAI's window step per axis (``_get_scan_interval``)."""
-    out = []
-    for size, r in zip(image_size, roi):
-        out.append(int(r) if r == size else max(int(r * (1 - overlap)), 1))
-    return tuple(out)
-
-
-def window_starts(image_size: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> np.ndarray:
-    """``(N, ndim)`` window starts on the padded grid, exactly MONAI's, sorted by the last axis.
-
-    Within one start along the last axis the order stays MONAI's (first axis slowest).
-    """
-    from monai.data.utils import dense_patch_slices
-
-    interval = scan_interval(image_size, roi, overlap)
-    slices = dense_patch_slices(image_size, roi, interval, return_slice=False)
-    starts = np.array([[int(a) for a, _ in w] for w in slices], dtype=np.int64).reshape(-1, len(roi))
-    order = np.argsort(starts[:, -1], kind="stable")
-    return starts[order]
-
-
-def pad_amounts(shape: tuple[int, ...], roi: tuple[int, ...]) -> list[tuple[int, int]]:
-    """Symmetric padding (low, high) per axis up to the roi, as MONAI pads small images."""
-    out = []
-    for size, r in zip(shape, roi):
-        diff = max(int(r) - int(size), 0)
-        out.append((diff // 2, diff - diff // 2))
-    return out
-
-
-def buffer_planes(starts: np.ndarray, roi_z: int, batch: int) -> int:
-    """Smallest buffer depth that holds any ``batch`` consecutive windows (in slab order)."""
-    z = starts[:, -1]
-    if len(z) <= batch:
-        return int(z.max()) + roi_z - int(z.min())
-    return int((z[batch - 1 :] - z[: len(z) - batch + 1]).max()) + roi_z
-
-
 class Finaliser:
     """Receives finished logit planes (``(C, X, Y, k)`` float32 on the CPU) in order along the last axis."""
 
@@ -224,96 +129,8 @@ class Finaliser:
         raise NotImplementedError
 
 
-class LogitsCollector(Finaliser):
-    """Keeps every plane: the full logits, for tests and callers that want probabilities."""
-
-    def __init__(self) -> None:
-        self.parts: list[torch.Tensor] = []
-        self.received = 0
-
-    def push(self, planes: torch.Tensor, start: int) -> None:
-        planes = planes[..., self.received - start :] if start < self.received else planes
-        if start > self.received:
-            raise AssertionError(f"plane {self.received} skipped")
-        self.parts.append(planes.clone())
-        self.received += planes.shape[-1]
-
-    def finish(self) -> torch.Tensor:
-        return torch.cat(self.parts, dim=-1)
-
-
-class SourceGridFinaliser(Finaliser):
-    """Streams logits on the model grid to labels on the source grid, as ``logits_to_source_labels`` does.
-
-    Each source plane ``j`` along the slab axis interpolates model planes ``floor(x)`` and
-    ``floor(x) + 1`` with ``x = j * s / t``; it is emitted as soon as both have arrived. The
-    arithmetic (float64 coordinates, ``lerp`` along the slab axis, then the in-plane axes, argmax)
-    is the same as the whole-volume function's, so the labels are identical for identical logits.
-    """
-
-    def __init__(self, record, n_classes: int, chunk: int | None = None) -> None:
-        self.record = record
-        out_plane = int(record.reoriented_shape[0]) * int(record.reoriented_shape[1])
-        self.chunk = max(1, int(chunk)) if chunk else chunk_planes(n_classes, out_plane)
-        self.inv = [1.0 / s for s in record.scale]
-        self.n_in = int(record.model_shape[2])
-        self.out_shape = tuple(int(v) for v in record.reoriented_shape)
-        self.dtype = np.uint8 if n_classes <= 256 else np.uint16
-        self.labels = np.empty(self.out_shape, dtype=self.dtype)
-        self.carry: torch.Tensor | None = None  # model planes [carry_lo, carry_lo + carry.shape[-1])
-        self.carry_lo = 0
-        self.received = 0
-        self.next_out = 0
-
-    def _coord(self, j: int) -> float:
-        return min(max(j * self.inv[2], 0.0), self.n_in - 1)
-
-    def push(self, planes: torch.Tensor, start: int) -> None:
-        if start > self.received:
-            raise AssertionError(f"plane {self.received} skipped")
-        planes = planes[..., self.received - start :].float().cpu()
-        if planes.shape[-1] == 0:
-            return
-        self.carry = planes if self.carry is None else torch.cat([self.carry, planes], dim=-1)
-        self.received += planes.shape[-1]
-        self._emit()
-
-    def _ready(self, j: int) -> bool:
-        x = self._coord(j)
-        hi = min(math.floor(x) + 1, self.n_in - 1)
-        return hi < self.received
-
-    def _emit(self) -> None:
-        from medseg.inference.preprocess import source_labels
-
-        nz = self.out_shape[2]
-        while self.next_out < nz and self._ready(self.next_out):
-            start = self.next_out
-            stop = start
-            while stop < nz and stop - start < self.chunk and self._ready(stop):
-                stop += 1
-            x = (torch.arange(start, stop, dtype=torch.float64) * self.inv[2]).clamp(0, self.n_in - 1)
-            lo, hi = int(x.min().floor()), min(int(x.max().floor()) + 1, self.n_in - 1)
-            part = self.carry[..., lo - self.carry_lo : hi + 1 - self.carry_lo]
-            self.labels[..., start:stop] = source_labels(part, x - lo, self.out_shape, self.inv, self.dtype)
-            self.next_out = stop
-            if stop < nz:  # drop model planes no later source plane needs
-                keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes
-                # once every model plane has arrived nothing more is concatenated, so dropping planes
-                # frees nothing: a single 2D push would copy nearly all its logits once per chunk
-                if keep_from > self.carry_lo and self.received < self.n_in:
-                    self.carry = self.carry[..., keep_from - self.carry_lo :].contiguous()
-                    self.carry_lo = keep_from
-
-    def finish(self) -> np.ndarray:
-        from medseg.inference.preprocess import reorient_array
-
-        if self.next_out != self.out_shape[2]:
-            raise AssertionError(f"finaliser emitted {self.next_out} of {self.out_shape[2]} planes")
-        return reorient_array(self.labels, self.record.inverse_ornt)
-
-
-def _autocast(plan: Plan):
+def autocast_for(plan: Plan):
+    """Autocast to the plan's precision on a GPU; nothing on the CPU (fp32)."""
     if plan.precision in _DTYPES and plan.device.startswith("cuda"):
         return torch.autocast(device_type="cuda", dtype=_DTYPES[plan.precision])
     return contextlib.nullcontext()
@@ -339,7 +156,8 @@ def stream_windows(
 
     Returns ``finaliser.finish()``. Out-of-memory errors shrink the plan and resume (see module doc).
     """
-    with host_allocator(plan.host_allocator), torch.inference_mode():
+    tuning = host_allocator(plan.host_allocator) if plan.host_allocator != "default" else contextlib.nullcontext()
+    with tuning, torch.inference_mode():
         if spatial_dims == 2:
             _stream_slices(network, image, plan, finaliser, on_progress)
         else:
@@ -348,8 +166,6 @@ def stream_windows(
 
 
 def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
-    from monai.data.utils import compute_importance_map
-
     roi = tuple(int(r) for r in plan.roi_size)
     shape = tuple(int(v) for v in image.shape[1:])
     pads = pad_amounts(shape, roi)
@@ -372,7 +188,7 @@ def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
             need = buffer_planes(starts, roi[2], plan.sw_batch_size)
             cap = min(max(need, plan.slab_depth), nz) if plan.streaming else nz
             agg = _Aggregation(padded_shape, cap, buf_lo, plan.aggregation_device, pads, shape, finaliser)
-            consts = ConstantWindows(plan.reuse_constant_windows)
+            consts = ConstantWindows()
             i = int(np.searchsorted(ends, buf_lo, side="right"))  # first window reaching an open plane
             while i < total:
                 group = starts[i : i + plan.sw_batch_size]
@@ -405,13 +221,13 @@ CONSTANT_WINDOW_MAX_BYTES = 128 << 20
 def constant_window_bytes(plan: Plan, classes: int) -> int:
     """Bytes the engine may keep for one constant window's logits under ``plan`` (0: none kept)."""
     size = classes * math.prod(int(r) for r in plan.roi_size) * 4
-    return size if plan.reuse_constant_windows and size <= CONSTANT_WINDOW_MAX_BYTES else 0
+    return size if size <= CONSTANT_WINDOW_MAX_BYTES else 0
 
 
 def _forward(network, wins: torch.Tensor, plan: Plan) -> torch.Tensor:
     if plan.channels_last and wins.dim() == 5:
         wins = wins.contiguous(memory_format=torch.channels_last_3d)
-    with _autocast(plan):
+    with autocast_for(plan):
         pred = _first(network(wins))
     return pred.float().contiguous()
 
@@ -425,15 +241,12 @@ class ConstantWindows:
     value seen is kept, so the extra memory is one window's logits (counted by the planner).
     """
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self) -> None:
         self.key: tuple[float, ...] | None = None
         self.logits: torch.Tensor | None = None
         self.reused = 0
 
     def predict(self, network, wins: torch.Tensor, plan: Plan) -> torch.Tensor:
-        if not self.enabled:
-            return _forward(network, wins, plan)
         b, c = wins.shape[0], wins.shape[1]
         flat = wins.reshape(b, c, -1)
         first = flat[:, :, :1]
@@ -513,17 +326,15 @@ class _Aggregation:
 
 def _stream_slices(network, image, plan, finaliser, on_progress) -> None:
     """2D networks: MONAI's SliceInferer over chunks of ``slab_depth`` axial slices (slices are independent)."""
-    from monai.inferers import SliceInferer
-
     nz = int(image.shape[-1])
     z = 0
     while z < nz:
         depth = plan.slab_depth if plan.streaming else nz
         stop = min(z + depth, nz)
         try:
-            inferer = SliceInferer(spatial_dim=2, **_inferer_kwargs(plan))
+            inferer = SliceInferer(spatial_dim=2, **inferer_kwargs(plan))
             x = image[..., z:stop].unsqueeze(0).to(plan.image_device)
-            with _autocast(plan):
+            with autocast_for(plan):
                 logits = inferer(x, lambda b: _first(network(b)).float())
             finaliser.push(logits[0].float().cpu(), z)
             del logits
@@ -546,14 +357,12 @@ def _stream_slices(network, image, plan, finaliser, on_progress) -> None:
 
 
 def infer_labels(
-    network,
+    model: Model,
     image: torch.Tensor,
     plan: Plan,
-    record,
-    n_classes: int,
-    spatial_dims: int = 3,
+    record: GridRecord,
     on_progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
-    """Labels on the source grid for ``image`` (model grid), streaming as ``plan`` says."""
-    finaliser = SourceGridFinaliser(record, n_classes)
-    return stream_windows(network, image, plan, finaliser, spatial_dims, on_progress)
+    """Labels on the source grid for ``image`` (the model's input, from ``model.prepare``): the
+    model's forward step over the plan's windows, its finaliser turning scores into labels."""
+    return stream_windows(model.forward, image, plan, model.finaliser(record), model.spatial_dims, on_progress)

@@ -1,14 +1,17 @@
-"""The Plan the engine runs: device, tiling and precision.
+"""The Plan the engine runs: device, tiling, precision, where buffers live, and the predicted peaks.
 
-``default_plan`` takes the model's own inference settings. The memory planner (a later module)
-produces the same type with budgets filled in, so the engine never needs to know who planned.
+The memory planner (:mod:`medseg.inference.planner`) makes it; ``medseg plan`` prints it, the
+engine runs it, and a run's sidecar records it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
-from medseg.models.spec import ModelSpec
+import torch
+
+from medseg.errors import MedsegError
 
 
 @dataclass(frozen=True)
@@ -26,14 +29,13 @@ class Plan:
     #: planes of the aggregation buffer along the last axis (3D) or slices per chunk (2D);
     #: 0 keeps the whole volume (MONAI's full buffer). Smaller values stream slab by slab.
     slab_depth: int = 0
-    #: glibc allocator mode on the host: "strict" (RSS follows live tensors, as predicted) or
-    #: "fast" (freed blocks are reused; chosen only with ample headroom), see host_memory.use_host_allocator
-    host_allocator: str = "strict"
+    #: glibc allocator mode on the host while the windows run: "strict" (RSS follows live tensors, as
+    #: predicted) or "fast" (freed blocks are reused; chosen only with ample headroom), see
+    #: host_memory.use_host_allocator; "default" leaves the process's allocator alone (library use,
+    #: the viewer: only a run that asks for tuning gets it)
+    host_allocator: str = "default"
     #: run the network on channels_last_3d tensors (CPU, when timed faster: inference/speed.py)
     channels_last: bool = False
-    #: reuse the logits of the first window whose input is one constant value (air after clipping,
-    #: padding) for every later window with exactly the same input: identical input, identical output
-    reuse_constant_windows: bool = True
     #: predicted peak bytes per component, filled in by the memory planner
     predicted_bytes: dict[str, int] = field(default_factory=dict)
     #: budgets the plan was made for (``gpu``/``host`` bytes), empty when unplanned
@@ -52,17 +54,11 @@ class Plan:
         return d
 
     def replace(self, **changes) -> Plan:
-        import dataclasses
-
         return dataclasses.replace(self, **changes)
 
 
 def resolve_device(device: str = "auto") -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; validates explicit CUDA requests."""
-    import torch
-
-    from medseg.errors import MedsegError
-
     device = (device or "auto").lower()
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -80,17 +76,3 @@ def resolve_device(device: str = "auto") -> str:
                 raise MedsegError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
         return device
     raise MedsegError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)")
-
-
-def default_plan(spec: ModelSpec, device: str = "cpu", overlap: float | None = None) -> Plan:
-    inf = spec.inference
-    return Plan(
-        device=device,
-        roi_size=tuple(inf.roi_size),
-        sw_batch_size=inf.sw_batch_size,
-        overlap=inf.overlap if overlap is None else overlap,
-        blend=inf.blend,
-        precision=inf.precision if device.startswith("cuda") else "fp32",
-        aggregation_device=device,
-        image_device=device,
-    )

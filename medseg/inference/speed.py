@@ -15,11 +15,11 @@ float32 rounding (tests/inference/test_speed.py). Measured effects: benchmarks/R
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 
 import torch
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from medseg.inference.disk_cache import JsonCache, cache_key
 
@@ -41,8 +41,6 @@ def _foldable(conv, bn) -> bool:
 
 
 def _fold(conv, bn):
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     return fuse_conv_bn_eval(conv, bn, transpose=isinstance(conv, _CONV_T))
 
 
@@ -106,10 +104,9 @@ def tune_windows(network: torch.nn.Module, in_channels: int, roi: tuple[int, ...
     both memory layouts are timed once on a random batch and the answer cached, keyed by the
     network's architecture, the shapes, torch's thread count and version and the CPU model. Larger
     batches are not always faster on a CPU (measured once: 4 spleen U-Net windows of 96^3 took 0.32 s
-    as two batches of 2 and 0.40 s as one of 4; equal in another run). ``MEDSEG_CHANNELS_LAST=0|1`` forces the layout.
+    as two batches of 2 and 0.40 s as one of 4; equal in another run).
     """
-    forced = os.environ.get("MEDSEG_CHANNELS_LAST")
-    layouts = [forced == "1"] if forced in ("0", "1") else [False, True]
+    layouts = [False, True]
     if len(roi) != 3 or isinstance(network, torch.jit.ScriptModule):
         return max_batch, False
     batches = sorted({b for b in (1, 2, 4, 8, 16) if b <= max_batch} | {max_batch})
@@ -129,7 +126,7 @@ def tune_windows(network: torch.nn.Module, in_channels: int, roi: tuple[int, ...
                 timings[(b, cl)] = _time_forward(network, x, repeats=1) / b
     finally:
         network.to(memory_format=torch.contiguous_format)
-    plain = min(t for (b, cl), t in timings.items() if not cl) if False in layouts else float("inf")
+    plain = min(t for (b, cl), t in timings.items() if not cl)
     best = min(timings, key=timings.get)
     if best[1] and timings[best] > 0.95 * plain:  # a clear win only for a layout change
         best = min((k for k in timings if not k[1]), key=timings.get)

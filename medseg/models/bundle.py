@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from monai.bundle import ConfigParser
 
 from medseg.errors import ModelError
 from medseg.models.spec import ModelSpec, spec_from_dict
@@ -107,8 +108,6 @@ class _Plain:
 
 def _evaluated(config_path: Path, bundle: Path) -> dict:
     """``--trust-bundle``: the config's values evaluated by MONAI's ConfigParser (runs its code)."""
-    from monai.bundle import ConfigParser
-
     parser = ConfigParser()
     parser.read_config(str(config_path))
     parser["bundle_root"] = str(bundle)
@@ -127,6 +126,11 @@ def _config_of(parser, key: str):
     if isinstance(raw, list):
         return [_config_of(parser, f"{key}#{i}") for i in range(len(raw))]
     return parser.get_parsed_content(key, instantiate=False)
+
+
+def bundle_metadata(folder: str | Path) -> dict:
+    """The bundle's ``configs/metadata.json`` (name, version, label definitions, ...)."""
+    return _load(Path(folder).expanduser().resolve() / "configs" / "metadata.json")
 
 
 def spec_from_bundle(folder: str | Path, trust: bool = False) -> ModelSpec:
@@ -165,6 +169,7 @@ def spec_from_bundle(folder: str | Path, trust: bool = False) -> ModelSpec:
         weights = ts
     data = {
         "name": str(metadata.get("name") or bundle.name).replace(" ", "_"),
+        "version": str(metadata.get("version", "")),
         "description": str(metadata.get("description", ""))[:300],
         "network": {
             "class": cls,

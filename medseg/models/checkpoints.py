@@ -5,21 +5,17 @@ A checkpoint that needs arbitrary code to unpickle is refused with a clear error
 
 from __future__ import annotations
 
-import hashlib
+import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+
 from medseg.errors import ModelError
+from medseg.io.atomic import sha256_of as sha256_of  # re-exported for existing importers
+from medseg.models.networks import build_network
 from medseg.models.spec import ModelSpec
-
-
-def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def is_torchscript(path: Path) -> bool:
@@ -41,8 +37,6 @@ def extract_state_dict(obj: object) -> dict:
             if isinstance(inner, Mapping) and inner and all(isinstance(k, str) for k in inner):
                 return extract_state_dict(inner)
         if obj and all(isinstance(k, str) for k in obj):
-            import torch
-
             if all(isinstance(v, torch.Tensor) for v in obj.values()):
                 prefix = "module."
                 if all(k.startswith(prefix) for k in obj):
@@ -52,10 +46,6 @@ def extract_state_dict(obj: object) -> dict:
 
 
 def load_state_dict_file(path: Path) -> dict:
-    import pickle
-
-    import torch
-
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -82,10 +72,6 @@ def verify_sha256(path: Path, expected: str | None) -> str:
 
 def load_network(spec: ModelSpec, device: str = "cpu"):
     """Build the spec's network and load its weights (verified). Returns ``(module, sha256)``."""
-    import torch
-
-    from medseg.models.registry import build_network
-
     path = spec.weights_path()
     if path is None:
         raise ModelError("model spec has no weights", spec.name)

@@ -106,7 +106,10 @@ class WeightsSpec(_Strict):
 
 class ModelSpec(_Strict):
     name: str
+    version: str = ""
     description: str = ""
+    #: the modality the model was trained on: CT, MR, or any
+    modality: Literal["CT", "MR", "any"] = "any"
     network: NetworkSpec
     labels: dict[int, LabelSpec]
     preprocessing: PreprocessSpec = PreprocessSpec()

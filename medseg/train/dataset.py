@@ -53,7 +53,7 @@ def load_case(image_path: Path, label_path: Path, spec: ModelSpec, max_per_class
     labels = read_volume(label_path)
     if labels.shape != image.shape or not np.allclose(labels.affine, image.affine, atol=1e-3):
         raise InputError("label map is not on the image's grid (shape or affine differ)", label_path)
-    x, record = preprocess_image(image, spec)
+    x, record = preprocess_image(image, spec.preprocessing)
     y = preprocess_labels(np.asarray(labels.array).astype(np.int64), record).to(torch.uint8)
     flat = y.reshape(-1).numpy()
     rng = np.random.default_rng(0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.errors import InputError
+from medseg.inference.outputs import SEG_SUFFIX, output_stem
 from medseg.io import read_volume
 from medseg.train.metrics import label_metrics
 
@@ -20,15 +21,13 @@ def _pairs(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
     if pred.is_file() and gt.is_file():
         return [(gt.name.split(".")[0], pred, gt)]
     if pred.is_dir() and gt.is_dir():
-        from medseg.inference.pipeline import output_stem
-
         preds = {output_stem(p): p for p in pred.iterdir() if p.name.endswith((".nii", ".nii.gz"))}
         out = []
         for g in sorted(gt.iterdir()):
             if not g.name.endswith((".nii", ".nii.gz")):
                 continue
             stem = output_stem(g)
-            key = next((k for k in (stem, f"{stem}_seg", stem.removesuffix("_gt") + "_seg") if k in preds), None)
+            key = next((k for k in (stem, stem + SEG_SUFFIX, stem.removesuffix("_gt") + SEG_SUFFIX) if k in preds), None)
             if key is None:
                 raise InputError(f"no prediction for ground truth '{g.name}'", pred)
             out.append((stem, preds[key], g))

@@ -19,7 +19,7 @@ import torch
 
 from medseg.io.atomic import atomic_path
 from medseg.models.checkpoints import sha256_of
-from medseg.models.registry import build_network
+from medseg.models.networks import build_network
 from medseg.models.spec import ModelSpec
 from medseg.train.dataset import CachedCase, PatchSampler, find_pairs, load_case
 

@@ -20,7 +20,7 @@ from medseg.viewer.layers import (
     empty_labels_like,
     geometry_of,
     info_from_layer,
-    info_from_spec,
+    info_from_model,
     labels_layer_data,
     volume_from_layer,
 )
@@ -96,9 +96,9 @@ def segment_layer(
     result = segmenter.segment(volume, progress=progress)
     progress.finish()
     labels = Volume(result.labels, volume.affine, dict(volume.meta))
-    info = info_from_spec(segmenter.spec)
-    data, kwargs, kind = labels_layer_data(labels, name=f"{image_name} {segmenter.spec.name}", info=info, warn=False)
-    kwargs["metadata"]["model"] = segmenter.spec.name
+    info = info_from_model(segmenter.model)
+    data, kwargs, kind = labels_layer_data(labels, name=f"{image_name} {segmenter.model.name}", info=info, warn=False)
+    kwargs["metadata"]["model"] = segmenter.model.name
     kwargs["metadata"]["device"] = segmenter.device
     kwargs["metadata"]["timings_s"] = {k: round(v, 3) for k, v in result.timings.items()}
     return data, kwargs, kind
@@ -132,7 +132,7 @@ def label_volume_rows(
 
 def new_labels_layer(image_data: np.ndarray, image_metadata: dict, model: str | Path | None = None) -> tuple:
     """An empty Labels layer on the image's source grid, with a model's names/colours when given."""
-    info = info_from_spec(model) if model else None
+    info = info_from_model(model) if model else None
     return empty_labels_like(image_data, image_metadata, info)
 
 

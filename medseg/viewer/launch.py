@@ -10,11 +10,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medseg.errors import MedsegError
+
+if TYPE_CHECKING:
+    from medseg.io import ReadOptions
 
 MANIFEST = Path(__file__).with_name("napari.yaml")
 PLUGIN_NAME = "medseg"
@@ -56,6 +59,7 @@ def open_viewer(
     widget: bool = True,
     show: bool = True,
     viewer: Any = None,
+    read_options: ReadOptions | None = None,
 ) -> Any:
     """A napari viewer with the scan at physical scale, labels named and coloured, on the middle axial slice.
 
@@ -67,19 +71,20 @@ def open_viewer(
         widget: dock medseg's segmentation widget.
         show: show the window (False for tests and scripted screenshots).
         viewer: add to this viewer (or ``napari.components.ViewerModel``) instead of making one.
+        read_options: how to read ``image`` (DICOM series, irregular spacing, tilt); labels are read as they are.
     """
     from medseg.viewer._reader import read_volumes, volume_layer
     from medseg.viewer.geometry import AXIS_LABELS
-    from medseg.viewer.layers import info_from_sidecar, info_from_spec, labels_layer_data
+    from medseg.viewer.layers import info_from_model, info_from_sidecar, labels_layer_data
 
-    images = [] if image is None else read_volumes(Path(image))
+    images = [] if image is None else read_volumes(Path(image), read_options)
     label_volumes = [(Path(p), v) for p in labels for v in read_volumes(Path(p))]
     if viewer is None:
         napari = require_napari()
         ensure_plugin_registered()
         title = f"medseg - {Path(image).name if image is not None else 'labels'}"
         viewer = napari.Viewer(title=title, show=show)
-    model_info = info_from_spec(model) if model else None
+    model_info = info_from_model(model) if model else None
     image_layers = []
     for volume in images:
         image_layers += add_layer_data(viewer, volume_layer(volume, window=window, as_labels=False))

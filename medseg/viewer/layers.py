@@ -201,7 +201,7 @@ def empty_labels_like(image_data: np.ndarray, metadata: Mapping[str, Any], info:
 
 
 def _layer_name(volume: Volume) -> str:
-    from medseg.inference.pipeline import output_stem
+    from medseg.inference.outputs import output_stem
 
     source = volume.meta.get("source")
     return output_stem(Path(source)) if source else "scan"
@@ -210,7 +210,7 @@ def _layer_name(volume: Volume) -> str:
 # -- label names and colours ------------------------------------------------------------------------
 def sidecar_path(labels_path: str | Path) -> Path:
     """``scan_seg.nii.gz`` -> ``scan_seg.json`` (as written by ``medseg infer``)."""
-    from medseg.inference.pipeline import output_stem
+    from medseg.inference.outputs import output_stem
 
     labels_path = Path(labels_path)
     return labels_path.parent / f"{output_stem(labels_path)}.json"
@@ -231,12 +231,11 @@ def info_from_sidecar(labels_path: str | Path) -> LabelInfo | None:
         return None
 
 
-def info_from_spec(model: Any) -> LabelInfo:
-    """Label names and colours of a ModelSpec (name, path or spec)."""
-    from medseg.models.registry import resolve_spec
+def info_from_model(model: Any) -> LabelInfo:
+    """Label names and colours of a model (a :class:`~medseg.models.base.Model`, a name or a path)."""
+    from medseg.models.registry import open_model
 
-    spec = resolve_spec(model)
-    return {k: (v.name, tuple(v.color)) for k, v in spec.labels.items()}
+    return {k: (v.name, tuple(v.color)) for k, v in open_model(model).labels.items()}
 
 
 def info_from_layer(features: Any, colormap: Any) -> LabelInfo:

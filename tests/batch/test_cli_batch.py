@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from medseg.cli import main
@@ -11,6 +12,7 @@ def _batch(*args):
     return CliRunner().invoke(main, ["batch", *map(str, args)])
 
 
+@pytest.mark.slow
 def test_cli_batch_reports_failures_with_exit_3_and_status_reads_the_ledger(cohort_factory, batch_model, tmp_path):
     cohort = cohort_factory(2, corrupt=("broken",))
     out = tmp_path / "out"

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from medseg.batch import CohortLedger
-from medseg.batch.case import file_sha256
 from medseg.batch.runner import ledger_path
 from medseg.io.atomic import TMP_MARKER
+from medseg.io.atomic import sha256_of as file_sha256
 from tests.batch.conftest import make_cohort
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +128,7 @@ def _run_batch(script, cohort, out, model, crash_at=None, kill_after=None, rng=N
         proc.stdout.close()
 
 
+@pytest.mark.slow
 def test_sigkill_at_many_points_then_resume_leaves_every_case_done_once(phantom_bank, batch_model, tmp_path):
     rng = random.Random(20261122)
     cohort = make_cohort(phantom_bank, tmp_path / "cohort", N_GOOD, corrupt=("broken",))

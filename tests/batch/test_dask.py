@@ -8,8 +8,8 @@ import signal
 import pytest
 
 from medseg.batch import CaseSettings, CohortLedger, discover_cases, run_batch
-from medseg.batch.case import file_sha256
 from medseg.batch.runner import NullReporter, ledger_path
+from medseg.io.atomic import sha256_of as file_sha256
 
 pytest.importorskip("distributed")
 
@@ -40,6 +40,7 @@ class KillAWorkerOnce(NullReporter):
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.slow
 def test_local_cluster_of_two_survives_a_killed_worker(cohort_factory, batch_model, tmp_path):
     from medseg.batch.dask_backend import DaskExecutor
 

@@ -36,15 +36,16 @@ def _records(out):
         return {r.case_id: r for r in ledger.records()}
 
 
+@pytest.mark.slow
 def test_batch_writes_what_infer_writes_plus_the_cohort_table(cohort_factory, tmp_path, processor, monkeypatch):
     from medseg.batch import case as batch_case
+    from medseg.inference import outputs
     from medseg.inference.pipeline import infer_file
-    from medseg.models import checkpoints
 
     cohort = cohort_factory(3, nested=True)
     out = tmp_path / "out"
     hashed = []
-    for module, name in ((batch_case, "content_sha256"), (checkpoints, "sha256_of")):
+    for module, name in ((batch_case, "content_sha256"), (outputs, "sha256_of")):
         original = getattr(module, name)
         monkeypatch.setattr(module, name, lambda p, *a, f=original: hashed.append(Path(p).name) or f(p, *a))
     summary = _run(cohort, out, processor)
@@ -64,6 +65,9 @@ def test_batch_writes_what_infer_writes_plus_the_cohort_table(cohort_factory, tm
         sidecar = json.loads((out / f"{case_id}_seg.json").read_text())
         infer_sidecar = json.loads(ref.sidecar_path.read_text())
         assert sidecar["input"]["sha256"] == rec.input_sha256 == infer_sidecar["input"]["sha256"]
+        assert rec.timings == sidecar["timings_s"]  # one timing record: the ledger's is the sidecar's
+        assert set(rec.timings) == {"hash", "read", "plan", "preprocess", "inference", "write", "total"}
+        assert sidecar["plan"] == rec.plan
         assert set(rec.outputs) == {"labels", "stats_csv", "stats_json", "sidecar"}
         assert rec.plan["roi_size"] == [16, 16, 16]
         per_case = list(csv.DictReader(open(out / f"{case_id}_seg_stats.csv")))
@@ -181,3 +185,17 @@ def test_parts_have_their_own_ledgers_and_share_the_cohort_table(cohort_factory,
     assert sorted({r["case_id"] for r in rows}) == [f"case{i}" for i in range(6)]
     text = status_text(out)
     assert "medseg_batch.part-1-of-2.sqlite" in text and "all parts: 6 done" in text
+
+
+def test_two_streams_in_one_process_restore_the_torch_thread_count(cohort_factory, tmp_path, processor):
+    import torch
+
+    before = torch.get_num_threads()
+    cohort = cohort_factory(2)
+    settings = processor.settings
+    with LocalPipelineExecutor(settings, workers=2, processor=processor):
+        assert torch.get_num_threads() == max(1, (os.cpu_count() or 1) // 2)  # each stream gets its share
+    assert torch.get_num_threads() == before
+    executor = LocalPipelineExecutor(settings, workers=2, processor=processor)
+    summary = run_batch(discover_cases(cohort), tmp_path / "out", settings, executor)
+    assert summary.done == 2 and torch.get_num_threads() == before

@@ -10,17 +10,13 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.inference import engine
-from medseg.inference.engine import (
-    LogitsCollector,
-    MemoryFallbackWarning,
-    SourceGridFinaliser,
-    infer_labels,
-    run_windows,
-    shrink_plan,
-    stream_windows,
-)
+from medseg.inference.engine import MemoryFallbackWarning, shrink_plan, stream_windows
+from medseg.inference.estimate import Workload, aggregation_planes
+from medseg.inference.invert import SourceGridFinaliser
 from medseg.inference.plan import Plan
-from medseg.inference.preprocess import logits_to_source_labels, plan_grid, preprocess_image
+from medseg.inference.preprocess import plan_grid, preprocess_image
+from medseg.inference.reference import LogitsCollector, logits_to_source_labels, run_windows
+from medseg.inference.windows import window_starts
 from medseg.models.spec import spec_from_dict
 from medseg.volume import Volume
 
@@ -38,10 +34,12 @@ def _agreement(a, b) -> float:
 
 CASES_3D = [
     # shape, roi, batch, slab_depth, overlap, blend
-    ((40, 37, 50), (16, 16, 16), 3, 16, 0.25, "gaussian"),  # edges: windows shifted back at every border
+    # edges: windows shifted back at every border (slow)
+    pytest.param((40, 37, 50), (16, 16, 16), 3, 16, 0.25, "gaussian", marks=pytest.mark.slow),
     ((10, 12, 9), (16, 16, 16), 2, 16, 0.5, "gaussian"),  # smaller than the roi on every axis (padded)
     ((33, 20, 70), (16, 24, 8), 4, 0, 0.25, "constant"),  # full buffer through the streaming loop
-    ((33, 20, 70), (16, 16, 16), 1, 1, 0.6, "gaussian"),  # smallest slab, heavy overlap
+    # smallest slab, heavy overlap (slow)
+    pytest.param((33, 20, 70), (16, 16, 16), 1, 1, 0.6, "gaussian", marks=pytest.mark.slow),
     ((24, 40, 31), (16, 16, 12), 5, 20, 0.0, "gaussian"),  # no overlap, batches spanning slabs
     ((17, 18, 64), (16, 16, 32), 2, 32, 0.25, "gaussian"),  # one window across, deep roi
 ]
@@ -60,6 +58,7 @@ def test_streaming_logits_equal_monai_full_buffer(shape, roi, batch, slab, overl
     assert _agreement(got.argmax(0), ref.argmax(0)) >= 0.9999
 
 
+@pytest.mark.slow
 def test_streaming_buffer_never_exceeds_the_slab(monkeypatch):
     """Peak aggregation depth is what the plan says, not the volume's depth."""
     depths = []
@@ -75,8 +74,6 @@ def test_streaming_buffer_never_exceeds_the_slab(monkeypatch):
     image = torch.randn(1, 24, 24, 200)
     plan = Plan(roi_size=(16, 16, 16), sw_batch_size=2, overlap=0.25, slab_depth=16)
     stream_windows(net, image, plan, LogitsCollector())
-    from medseg.inference.memory import Workload, aggregation_planes
-
     work = Workload((24, 24, 200), (24, 24, 200), (24, 24, 200), 1, 5, 3)
     assert depths == [aggregation_planes(work, plan)] and depths[0] < 40
 
@@ -115,7 +112,7 @@ AFFINES = [
 @pytest.mark.parametrize("spacing", [(2.0, 3.0, 2.5), (0.7, 2.0, 0.3)])  # down- and upsampling
 def test_source_grid_finaliser_equals_whole_volume_inversion(affine, chunks, spacing):
     volume = Volume(np.zeros((23, 19, 21), np.int16), affine)
-    record = plan_grid(volume, _spec(spacing=spacing))
+    record = plan_grid(volume, _spec(spacing=spacing).preprocessing)
     logits = torch.randn(5, *record.model_shape, generator=torch.Generator().manual_seed(1))
     ref = logits_to_source_labels(logits, record)
     fin = SourceGridFinaliser(record, 5, chunk=4)
@@ -129,15 +126,17 @@ def test_source_grid_finaliser_equals_whole_volume_inversion(affine, chunks, spa
 
 
 def _reference_labels(net, volume, spec, plan):
-    image, record = preprocess_image(volume, spec)
+    image, record = preprocess_image(volume, spec.preprocessing)
     return logits_to_source_labels(run_windows(net, image, plan, spec.network.spatial_dims), record)
 
 
 def _streamed_labels(net, volume, spec, plan):
-    image, record = preprocess_image(volume, spec)
-    return infer_labels(net, image, plan, record, spec.network.out_channels, spec.network.spatial_dims)
+    image, record = preprocess_image(volume, spec.preprocessing)
+    finaliser = SourceGridFinaliser(record, spec.network.out_channels)
+    return stream_windows(net, image, plan, finaliser, spec.network.spatial_dims)
 
 
+@pytest.mark.slow
 def test_real_ct_labels_agree_with_monai(shared_data):
     """Real 512x512 CT slices (lungmask test data), resampled to a coarse grid and back."""
     from medseg.io import read_volume
@@ -154,6 +153,7 @@ def test_real_ct_labels_agree_with_monai(shared_data):
     assert _agreement(got, ref) >= 0.9999
 
 
+@pytest.mark.slow
 def test_real_ct_series_through_the_pipeline(shared_data, tmp_path):
     """dcmqi's real GE CT (3 slices of 512x512, FFS) through Segmenter, streaming vs MONAI."""
     from medseg.inference.pipeline import Segmenter
@@ -165,11 +165,12 @@ def test_real_ct_series_through_the_pipeline(shared_data, tmp_path):
     seg = Segmenter(write_tiny_model(tmp_path, out_channels=4, spacing=(0.5, 0.5, 1.0), roi=[16, 16, 16]), "cpu")
     plan = seg.plan_for(volume).replace(slab_depth=1)
     got = seg.segment(volume, plan).labels
-    ref = _reference_labels(seg.network, volume, seg.spec, plan)
+    ref = _reference_labels(seg.model.network, volume, seg.model.spec, plan)
     assert got.shape == volume.shape and _agreement(got, ref) >= 0.9999
 
 
 @pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.slow
 def test_random_volumes_labels_agree_on_the_source_grid(seed):
     rng = np.random.default_rng(seed)
     shape = tuple(int(v) for v in rng.integers(9, 45, size=3))
@@ -206,12 +207,13 @@ class FailingNet(torch.nn.Module):
         MemoryError(),
     ],
 )
+@pytest.mark.slow
 def test_out_of_memory_mid_run_resumes_from_the_failed_slab(error):
     net = _unet()
     image = torch.randn(1, 30, 30, 90, generator=torch.Generator().manual_seed(5))
     plan = Plan(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.25, slab_depth=16)
     ref = stream_windows(net, image, plan, LogitsCollector())
-    n_windows = len(engine.window_starts((30, 30, 90), (16, 16, 16), 0.25))
+    n_windows = len(window_starts((30, 30, 90), (16, 16, 16), 0.25))
     failing = FailingNet(net, fail_at=9, error=error)
     collector = LogitsCollector()
     with pytest.warns(MemoryFallbackWarning, match="out of memory at slab plane .*sw_batch_size 4->2"):
@@ -223,6 +225,7 @@ def test_out_of_memory_mid_run_resumes_from_the_failed_slab(error):
     assert 0 <= redone < n_windows // 2
 
 
+@pytest.mark.slow
 def test_out_of_memory_on_2d_chunk_resumes():
     net = _unet(spatial_dims=2, out_channels=3)
     image = torch.randn(1, 40, 33, 12)

@@ -9,6 +9,7 @@ import torch
 
 from medseg.errors import InputError, ModelError
 from medseg.inference.pipeline import Segmenter, infer_file
+from medseg.models.monai import MonaiModel
 from medseg.models.spec import spec_from_dict
 from medseg.volume import Volume
 from tests.conftest import save_nifti, write_tiny_model
@@ -37,7 +38,8 @@ def test_infer_writes_labels_on_the_exact_input_grid(tmp_path, tiny_model, name)
     assert sidecar["model"]["name"] == "tiny3d" and len(sidecar["model"]["weights_sha256"]) == 64
     assert sidecar["labels"]["1"]["name"] == "class1"
     assert sidecar["plan"]["roi_size"] == [32, 32, 32]
-    assert {"preprocess", "inference", "invert", "total"} <= set(sidecar["timings_s"])
+    assert set(sidecar["timings_s"]) == {"read", "model_load", "plan", "preprocess", "inference", "write", "total"}
+    assert sidecar["timings_s"]["total"] == round(result.seconds, 3) == result.timings["total"]
     for suffix in ("_seg_stats.csv", "_seg_stats.json", "_seg_preview.png"):
         assert (tmp_path / f"scan{suffix}").stat().st_size > 0
     # with --stats the counts come from the statistics rows: they agree with the labels written
@@ -51,6 +53,13 @@ class ThresholdNet(torch.nn.Module):
 
     def forward(self, x):
         return torch.cat([0.5 - x, x - 0.5], dim=1)
+
+
+class ThresholdModel(MonaiModel):
+    """A MONAI-family model whose 'weights' are :class:`ThresholdNet` (no file to load)."""
+
+    def _load(self) -> None:
+        self.network = ThresholdNet()
 
 
 def test_labels_align_voxel_for_voxel_with_the_input(tmp_path):
@@ -71,9 +80,7 @@ def test_labels_align_voxel_for_voxel_with_the_input(tmp_path):
     data = np.zeros((40, 36, 30), np.int16)
     data[10:25, 8:20, 12:21] = 1000
     vol = Volume(data, AFFINES["oblique"] @ np.diag([0.5, 0.5, 0.5, 1.0]), {"source": "mem"})
-    seg = Segmenter.__new__(Segmenter)
-    seg.spec, seg.device, seg.network, seg.weights_sha256, seg.load_seconds = spec, "cpu", ThresholdNet(), "", 0.0
-    labels = seg.segment(vol).labels
+    labels = Segmenter(ThresholdModel(spec)).segment(vol).labels
     truth = (data > 500).astype(np.uint8)
     assert labels.shape == data.shape
     assert (labels == truth).mean() > 0.995
@@ -107,9 +114,13 @@ def test_multichannel_input_when_the_model_wants_it(tmp_path):
 
 
 def test_bad_output_suffix(tmp_path, tiny_model):
+    from medseg.errors import MedsegError
+
     src = save_nifti(tmp_path / "scan.nii.gz", np.zeros((8, 8, 8), np.int16), np.eye(4))
-    with pytest.raises(Exception, match="nii"):
+    with pytest.raises(MedsegError, match=r"x\.png: output must be a \.nii or \.nii\.gz file$") as err:
         infer_file(src, output=tmp_path / "x.png", model=str(tiny_model), device="cpu")
+    assert type(err.value) is MedsegError and err.value.path == str(tmp_path / "x.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "scan.nii.gz"]  # nothing written
 
 
 def test_unknown_model_name():

@@ -4,13 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.inference.preprocess import (
-    logits_to_source_labels,
-    plan_grid,
-    preprocess_image,
-    preprocess_labels,
-    resample_axis,
-)
+from medseg.inference import invert, reference
+from medseg.inference.preprocess import plan_grid, preprocess_image, preprocess_labels, resample_axis
+from medseg.inference.reference import logits_to_source_labels
 from medseg.models.spec import spec_from_dict
 from medseg.phantom import make_phantom
 from medseg.volume import Volume
@@ -29,7 +25,7 @@ def _spec(spacing=(3.0, 3.0, 3.0), orientation="RAS"):
 
 
 def _onehot_roundtrip(labels: Volume, spec) -> np.ndarray:
-    record = plan_grid(labels, spec)
+    record = plan_grid(labels, spec.preprocessing)
     y = preprocess_labels(np.asarray(labels.array), record)
     onehot = torch.nn.functional.one_hot(y, 8).permute(3, 0, 1, 2).float()
     return logits_to_source_labels(onehot, record)
@@ -55,7 +51,7 @@ def test_resampled_roundtrip_agrees_with_source(axcodes):
 
 def test_model_grid_affine_points_at_the_same_world_positions():
     image, _ = make_phantom(23, axcodes="LPS", spacing=(2.0, 2.5, 4.0), oblique=True)
-    record = plan_grid(image, _spec())
+    record = plan_grid(image, _spec().preprocessing)
     # model voxel j sits at reoriented-source index j * scale; both affines must agree in world space
     j = np.array([5.0, 7.0, 3.0])
     world_model = record.model_affine[:3, :3] @ j + record.model_affine[:3, 3]
@@ -67,7 +63,7 @@ def test_model_grid_affine_points_at_the_same_world_positions():
 
 def test_preprocessed_image_is_in_target_orientation():
     image, labels = make_phantom(24, axcodes="LPS", spacing=(3.0, 3.0, 3.0), oblique=False)
-    x, record = preprocess_image(image, _spec())
+    x, record = preprocess_image(image, _spec().preprocessing)
     assert x.shape == (1, *record.model_shape)
     import nibabel as nib
 
@@ -106,8 +102,6 @@ def _blobs(classes: int, shape, seed: int) -> torch.Tensor:
 def test_source_labels_equal_the_dense_interpolation(monkeypatch, logits, inv):
     """Labels from interpolating only the cells whose corners disagree equal the argmax of every class
     interpolated at every voxel, in small row and gather blocks too."""
-    from medseg.inference import preprocess as pre
-
     shape = (13, 11, 9)
     g = torch.Generator().manual_seed(len(logits))
     if logits == "noise":
@@ -119,17 +113,17 @@ def test_source_labels_equal_the_dense_interpolation(monkeypatch, logits, inv):
     out_shape = tuple(int((n - 1) / s) + 1 for n, s in zip(shape[:2], inv[:2]))
     x = (torch.arange(int((shape[2] - 1) / inv[2]) + 1, dtype=torch.float64) * inv[2]).clamp(0, shape[2] - 1)
     dtype = np.uint8 if part.shape[0] <= 256 else np.uint16
-    want = pre.channel_argmax(pre.source_planes(part, x, out_shape, list(inv)), dtype)
-    got = pre.source_labels(part, x, out_shape, list(inv), dtype)
+    want = invert.channel_argmax(reference.source_planes(part, x, out_shape, list(inv)), dtype)
+    got = invert.source_labels(part, x, out_shape, list(inv), dtype)
     assert got.dtype == dtype and got.shape == want.shape
     assert np.array_equal(got, want)
-    monkeypatch.setattr(pre, "LABEL_BLOCK_VOXELS", 50)  # several row blocks
-    monkeypatch.setattr(pre, "GATHER_BLOCK_BYTES", 1)  # gather blocks of 256 voxels
-    assert np.array_equal(pre.source_labels(part, x, out_shape, list(inv), dtype), want)
+    monkeypatch.setattr(invert, "LABEL_BLOCK_VOXELS", 50)  # several row blocks
+    monkeypatch.setattr(invert, "GATHER_BLOCK_BYTES", 1)  # gather blocks of 256 voxels
+    assert np.array_equal(invert.source_labels(part, x, out_shape, list(inv), dtype), want)
     interpolated = []
-    argmax = pre._argmax_planes
-    monkeypatch.setattr(pre, "_argmax_planes", lambda p, *a: interpolated.append(p.shape[1]) or argmax(p, *a))
-    pre.source_labels(part, x, out_shape, list(inv), dtype)
+    argmax = invert._argmax_planes
+    monkeypatch.setattr(invert, "_argmax_planes", lambda p, *a: interpolated.append(p.shape[1]) or argmax(p, *a))
+    invert.source_labels(part, x, out_shape, list(inv), dtype)
     share = sum(interpolated[1:]) / want.size  # the first call labels the model grid's corners
     if inv == (1.0, 1.0, 1.0):
         assert share == 0  # the source grid is the model's: labels are the argmax of its voxels

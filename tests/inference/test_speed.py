@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.inference import host_memory
-from medseg.inference.engine import ConstantWindows, LogitsCollector, stream_windows
+from medseg.inference import engine, host_memory
+from medseg.inference.engine import ConstantWindows, stream_windows
+from medseg.inference.invert import channel_argmax
 from medseg.inference.plan import Plan
-from medseg.inference.preprocess import channel_argmax
+from medseg.inference.reference import LogitsCollector
 from medseg.inference.speed import fold_batchnorm, tune_windows
 
 
@@ -59,7 +60,7 @@ def test_channels_last_and_tuned_batches_give_the_same_logits(tmp_path, monkeypa
     fold_batchnorm(net)
     image = torch.rand(1, 40, 36, 30)
     image[:, :, :, :10] = 0.0  # a constant region
-    base = Plan(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.5, reuse_constant_windows=False)
+    base = Plan(roi_size=(16, 16, 16), sw_batch_size=4, overlap=0.5)
     ref = stream_windows(net, image, base, LogitsCollector())
     batch, cl = tune_windows(net, 1, (16, 16, 16), 4)
     assert batch in (1, 2, 4) and isinstance(cl, bool)
@@ -77,7 +78,7 @@ def test_channels_last_and_tuned_batches_give_the_same_logits(tmp_path, monkeypa
     net.to(memory_format=torch.contiguous_format)
 
 
-def test_constant_windows_are_computed_once_and_reused():
+def test_constant_windows_are_computed_once_and_reused(monkeypatch):
     net = _spleen_like()
     calls = {"windows": 0}
 
@@ -88,8 +89,11 @@ def test_constant_windows_are_computed_once_and_reused():
     image = torch.rand(1, 48, 48, 32)
     image[:, :, :24, :] = 0.25  # air after clipping: one value
     plan = Plan(roi_size=(16, 16, 16), sw_batch_size=3, overlap=0.5)
-    ref = stream_windows(counted, image, plan.replace(reuse_constant_windows=False), LogitsCollector())
+    with monkeypatch.context() as m:
+        m.setattr(engine, "CONSTANT_WINDOW_MAX_BYTES", 0)  # no window's logits kept: every window runs
+        ref = stream_windows(counted, image, plan, LogitsCollector())
     all_windows = calls["windows"]
+    assert all_windows == len(engine.window_starts((48, 48, 32), (16, 16, 16), 0.5))
     calls["windows"] = 0
     got = stream_windows(counted, image, plan, LogitsCollector())
     assert calls["windows"] < all_windows * 0.75  # about half the windows see only the constant
@@ -99,7 +103,7 @@ def test_constant_windows_are_computed_once_and_reused():
 
 def test_constant_window_cache_keeps_one_value_and_mixed_batches():
     net = _spleen_like()
-    cw = ConstantWindows(True)
+    cw = ConstantWindows()
     plan = Plan(roi_size=(8, 8, 8))
     wins = torch.stack([torch.full((1, 8, 8, 8), v) for v in (0.0, 0.5, 0.0)] + [torch.rand(1, 8, 8, 8)])
     with torch.inference_mode():
@@ -120,16 +124,65 @@ def test_channel_argmax_equals_torch_argmax_with_ties(classes):
     assert got.dtype == dtype and np.array_equal(got, want)
 
 
-def test_host_allocator_modes_are_scoped_to_a_run(monkeypatch):
-    seen = []
-    monkeypatch.setattr(host_memory, "use_host_allocator", lambda mode: seen.append(mode) or True)
-    net = torch.nn.Conv3d(1, 2, 1).eval()
-    stream_windows(net, torch.rand(1, 8, 8, 8), Plan(roi_size=(8, 8, 8), host_allocator="fast"), LogitsCollector())
-    assert seen == ["fast", "glibc"]
+def _glibc_mmaps(nbytes: int, beyond_free: bool = False) -> bool | None:
+    """Whether glibc serves a block of ``nbytes`` (``beyond_free``: plus all the free heap memory,
+    so no free chunk can serve it) with mmap: its mmap threshold, observed (``mallinfo2().hblkhd``
+    counts mmapped blocks). None without glibc >= 2.33."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallinfo2 = libc.mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class Mallinfo2(ctypes.Structure):  # all ten fields: glibc writes the whole struct
+        fields = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(name, ctypes.c_size_t) for name in fields.split()]
+
+    mallinfo2.restype = Mallinfo2
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    if beyond_free:
+        libc.malloc_trim(0)
+        nbytes += mallinfo2().fordblks
+    before = mallinfo2().hblkhd
+    block = libc.malloc(nbytes)
+    try:
+        return mallinfo2().hblkhd - before >= nbytes
+    finally:
+        libc.free(block)
+
+
+@pytest.mark.skipif(_glibc_mmaps(1 << 20) is None, reason="needs glibc >= 2.33 (mallinfo2)")
+def test_host_allocator_modes_are_scoped_to_a_run():
+    """Observed, not mocked: during a run planned with the fast allocator a block of 48 MiB more
+    than the free heap comes from the heap (mmap threshold 256 MiB); afterwards glibc's thresholds
+    are the "glibc" values (mmap threshold 32 MiB: 40 MiB beyond the free heap is mmapped, 16 MiB
+    never is)."""
+    during = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv3d(1, 2, 1)
+
+        def forward(self, x):
+            during.append(_glibc_mmaps(48 << 20, beyond_free=True))
+            return self.conv(x)
+
+    plan = Plan(roi_size=(8, 8, 8), host_allocator="fast")
+    stream_windows(Probe().eval(), torch.rand(1, 8, 8, 8), plan, LogitsCollector())
+    assert during and not any(during)
+    assert host_memory.HOST_ALLOCATOR_THRESHOLDS["glibc"][0] == 32 << 20
+    assert _glibc_mmaps(40 << 20, beyond_free=True) and not _glibc_mmaps(16 << 20)
 
 
 def test_plans_pick_the_fast_allocator_only_with_headroom():
-    from medseg.inference.memory import FAST_ALLOCATOR_EXTRA, FAST_ALLOCATOR_HEADROOM, host_allocator_for
+    from medseg.inference.planner import FAST_ALLOCATOR_EXTRA, FAST_ALLOCATOR_HEADROOM, host_allocator_for
 
     class Est:
         host_peak = 1 << 30

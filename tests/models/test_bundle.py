@@ -10,7 +10,8 @@ import torch
 
 from medseg.errors import ModelError
 from medseg.models.bundle import is_bundle, spec_from_bundle
-from medseg.models.registry import build_network, resolve_spec
+from medseg.models.networks import build_network
+from medseg.models.registry import resolve_spec
 
 SPLEEN = {
     "imports": ["$import glob", "$import os"],

@@ -8,7 +8,7 @@ import yaml
 
 from medseg.errors import ModelError
 from medseg.models.checkpoints import load_network
-from medseg.models.registry import build_network
+from medseg.models.networks import build_network
 from medseg.models.spec import load_spec
 
 

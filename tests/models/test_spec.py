@@ -1,7 +1,8 @@
 import pytest
 
 from medseg.errors import ModelError
-from medseg.models.registry import available_models, build_network, resolve_spec
+from medseg.models.networks import build_network
+from medseg.models.registry import available_models, resolve_spec
 from medseg.models.spec import load_spec, spec_from_dict
 
 BASE = {
