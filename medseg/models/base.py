@@ -29,7 +29,7 @@ from medseg.inference.invert import SourceGridFinaliser
 from medseg.io.validate import channels_of
 from medseg.volume import Volume
 
-if TYPE_CHECKING:  # the planner's and the engine's types; importing them here would be circular
+if TYPE_CHECKING:  # for the annotations only
     import torch
 
     from medseg.inference.engine import Finaliser
