@@ -179,7 +179,7 @@ def write_outputs(
             written.append(write_labels(labels, volume, paths["labels"]))
             outputs["labels"] = str(paths["labels"])
         if paths.get("dicom_seg") is not None:
-            label_info = {k: (v.name, tuple(v.color)) for k, v in model.foreground().items()}
+            label_info = {k: (v.name, tuple(v.color), v.code) for k, v in model.foreground().items()}
             written.append(write_dicom_seg(labels, volume, paths["dicom_seg"], label_info, model.name))
             outputs["dicom_seg"] = str(paths["dicom_seg"])
         if stats:

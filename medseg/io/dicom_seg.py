@@ -87,6 +87,12 @@ def segment_concept(name: str):
     return codes.cid7150.Tissue, codes.SCT.Tissue
 
 
+def _anatomical():
+    from pydicom.sr.codedict import codes
+
+    return codes.cid7150.AnatomicalStructure
+
+
 def _cielab(rgb) -> Any:
     import highdicom as hd
 
@@ -176,7 +182,7 @@ def _share_per_frame_groups(ds) -> None:
 def build_dicom_seg(
     labels: np.ndarray,
     volume: Volume,
-    label_info: dict[int, tuple[str, tuple[int, int, int] | None]],
+    label_info: dict[int, tuple],
     model_name: str = "medseg",
     series_description: str | None = None,
 ):
@@ -185,8 +191,10 @@ def build_dicom_seg(
     Args:
         labels: integer label map with ``volume``'s shape.
         volume: a volume read from DICOM (its ``meta['dicom']`` names the source frames).
-        label_info: ``{label value: (name, rgb colour or None)}`` for the foreground labels. Segment
-            numbers are the label values, so they must be 1..N.
+        label_info: ``{label value: (name, rgb colour or None[, code])}`` for the foreground labels,
+            ``code`` a model's own concept ``{"scheme", "value", "meaning"}`` (an anatomical
+            structure); without one, a SNOMED CT concept is looked up by name. Segment numbers are
+            the label values, so they must be 1..N.
     """
     hd = require_highdicom()
     dicom = volume.meta.get("dicom")
@@ -211,8 +219,13 @@ def build_dicom_seg(
     )
     descriptions = []
     for value in values:
-        name, color = label_info[value]
-        category, concept = segment_concept(name)
+        name, color, *coded = label_info[value]
+        code = coded[0] if coded else None
+        if code:  # the model's own concept for this label
+            concept = hd.sr.CodedConcept(str(code["value"]), str(code["scheme"]), str(code["meaning"]))
+            category = _anatomical()
+        else:
+            category, concept = segment_concept(name)
         kwargs = {}
         if color is not None:
             lab = _cielab(color)
@@ -303,7 +316,7 @@ def write_dicom_seg(
     labels: np.ndarray,
     volume: Volume,
     path: str | Path,
-    label_info: dict[int, tuple[str, tuple[int, int, int] | None]],
+    label_info: dict[int, tuple],
     model_name: str = "medseg",
 ) -> Path:
     """Write ``labels`` as a DICOM SEG file atomically (nothing is left behind on failure)."""

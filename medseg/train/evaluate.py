@@ -27,7 +27,8 @@ def _pairs(pred: Path, gt: Path) -> list[tuple[str, Path, Path]]:
             if not g.name.endswith((".nii", ".nii.gz")):
                 continue
             stem = output_stem(g)
-            key = next((k for k in (stem, stem + SEG_SUFFIX, stem.removesuffix("_gt") + SEG_SUFFIX) if k in preds), None)
+            names = (stem, stem + SEG_SUFFIX, stem.removesuffix("_gt") + SEG_SUFFIX)
+            key = next((k for k in names if k in preds), None)
             if key is None:
                 raise InputError(f"no prediction for ground truth '{g.name}'", pred)
             out.append((stem, preds[key], g))

@@ -145,6 +145,19 @@ def test_seg_needs_a_dicom_source_and_a_frame_of_reference(tmp_path, ct_folder, 
     assert not list(tmp_path.iterdir())  # nothing left behind
 
 
+def test_a_models_own_label_code_is_the_segment_concept(tmp_path, ct_folder):
+    import pydicom
+
+    volume = _read(ct_folder)
+    labels = _labels_for(volume.shape)
+    info = {**LABELS, 3: ("widget", None, {"scheme": "SCT", "value": "71854001", "meaning": "Colon"})}
+    ds = pydicom.dcmread(write_dicom_seg(labels, volume, tmp_path / "seg.dcm", info))
+    concepts = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0] for s in ds.SegmentSequence}
+    widget = concepts["widget"]
+    assert (widget.CodeValue, widget.CodingSchemeDesignator, widget.CodeMeaning) == ("71854001", "SCT", "Colon")
+    assert concepts["liver"].CodeValue == "10200004"  # no code given: looked up by name
+
+
 def test_segment_concepts():
     assert segment_concept("Liver")[1].value == "10200004"
     assert segment_concept("lungs")[1].value == "39607008"
