@@ -16,7 +16,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.inference.disk_cache import JsonCache, cache_key
-from medseg.inference.host_memory import available_host_bytes
+from medseg.inference.host_memory import available_host_bytes, process_rss_bytes
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -44,19 +44,6 @@ def free_gpu_bytes(device: str) -> int:
     """Free memory on a CUDA device right now (``cudaMemGetInfo``)."""
     free, _total = torch.cuda.mem_get_info(torch.device(device))
     return int(free)
-
-
-def process_rss_bytes() -> int:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import psutil
-
-    return int(psutil.Process().memory_info().rss)
 
 
 def _settled(where: str, free: int) -> int:

@@ -116,15 +116,33 @@ def host_allocator(mode: str):
             use_host_allocator("glibc")
 
 
-def available_host_bytes() -> int:
-    """``MemAvailable`` from /proc/meminfo (what Linux can hand out without swapping)."""
+def _proc_bytes(path: str, key: str) -> int | None:
+    """The ``key:`` line of a /proc file in bytes (its values are kB), or None where it cannot be read."""
     try:
-        with open("/proc/meminfo") as fh:
+        with open(path) as fh:
             for line in fh:
-                if line.startswith("MemAvailable:"):
+                if line.startswith(key + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    import psutil
+    return None
+
+
+def available_host_bytes() -> int:
+    """``MemAvailable`` from /proc/meminfo (what Linux can hand out without swapping)."""
+    found = _proc_bytes("/proc/meminfo", "MemAvailable")
+    if found is not None:
+        return found
+    import psutil  # not Linux: psutil knows where to look
 
     return int(psutil.virtual_memory().available)
+
+
+def process_rss_bytes() -> int:
+    """This process's resident size (``VmRSS`` from /proc/self/status)."""
+    found = _proc_bytes("/proc/self/status", "VmRSS")
+    if found is not None:
+        return found
+    import psutil  # not Linux: psutil knows where to look
+
+    return int(psutil.Process().memory_info().rss)
