@@ -36,9 +36,9 @@ import torch
 from medseg import __version__
 from medseg.errors import MedsegError
 from medseg.inference.budget import framework_host_bytes, parse_bytes
-from medseg.inference.host_memory import process_rss_bytes
 from medseg.inference.engine import MemoryFallbackWarning, infer_labels
 from medseg.inference.estimate import Workload
+from medseg.inference.host_memory import process_rss_bytes
 from medseg.inference.outputs import OUTPUT_FORMATS, check_dicom_seg_input, output_paths, write_outputs
 from medseg.inference.plan import Plan
 from medseg.inference.planner import PlanResult, plan_memory, plan_without_network
