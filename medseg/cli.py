@@ -106,7 +106,7 @@ def main(debug: bool) -> None:
 
     \b
     Quick start:
-      medseg infer sample_data/phantom_ct.nii.gz --stats --preview
+      medseg infer sample_data/chest_ct.nii.gz --stats --preview
       medseg models
     """
 
@@ -137,6 +137,10 @@ def main(debug: bool) -> None:
 )
 @click.option("--host-memory", default=None, help="Host RAM budget for the planner, e.g. 6GB (default: available RAM).")
 @click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
+@click.option(
+    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
+)
+@click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
 @reader_options
 @handle_errors
 def infer(
@@ -152,14 +156,16 @@ def infer(
     gpu_memory,
     host_memory,
     trust_bundle,
+    force_modality,
+    crop_to_body,
     read_options,
 ) -> None:
     """Segment INPUT (.nii/.nii.gz, .nrrd, .mha, or a DICOM folder/file) and write labels on its exact grid.
 
     \b
     Example:
-      medseg infer scan.nii.gz --stats --preview
-      medseg infer scan.nii.gz -o labels.nii.gz --model phantom-unet2d --device cpu
+      medseg infer scan.nii.gz --stats --preview           (CT: the weights-free ct-anatomy model)
+      medseg infer scan.nii.gz -o labels.nii.gz --model phantom-unet2d --device cpu --crop-to-body
       medseg infer dicom/CT_series/ --format nifti+dicom-seg
     """
     from medseg.inference.pipeline import infer_file
@@ -181,29 +187,28 @@ def infer(
             trust_bundle=trust_bundle,
             read_options=read_options,
             tune_allocator=True,
+            force_modality=force_modality,
+            crop_to_body=crop_to_body,
         )
     click.echo(result.summary_line())
 
 
 @main.command()
 def models() -> None:
-    """List the models medseg ships (configs/models/*.yaml): name, family, labels, weights state."""
-    from medseg.models.registry import available_models, open_model
+    """List the models medseg ships (built-in and configs/models/*.yaml): name, family, labels, weights state."""
+    from medseg.models.registry import DEFAULT_MODEL, model_names, open_model
 
-    known = available_models()
-    if not known:
-        click.echo("no models found")
-        return
-    for name, path in known.items():
+    for name in model_names():
         try:
-            model = open_model(path)
+            model = open_model(name)
         except MedsegError as err:
             click.echo(f"{name:18s} invalid: {err}")
             continue
         labels = ", ".join(v.name for v in model.foreground().values())
         kind = f"{model.spatial_dims}D" if model.has_network else "no network"
         version = f" v{model.version}" if model.version else ""
-        click.echo(f"{name:18s} {kind} {model.family}{version} [{model.weights_status()}] {labels}")
+        default = " (default for CT)" if name == DEFAULT_MODEL else ""
+        click.echo(f"{name:18s} {kind} {model.family}{version}{default} [{model.weights_status()}] {labels}")
         detail = f"{model.accepts.modality}, {model.accepts.intensity}" if model.accepts.intensity else ""
         for line in (model.description, detail):
             if line:
@@ -356,6 +361,10 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable; default *_seg.* *_gt.*).")
 @click.option("--status", "status_dir", type=click.Path(path_type=Path), help="Print the ledger summary of a folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary.")
+@click.option(
+    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
+)
+@click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
 @reader_options
 @handle_errors
 def batch(
@@ -375,6 +384,8 @@ def batch(
     exclude,
     status_dir,
     quiet,
+    force_modality,
+    crop_to_body,
     read_options,
 ) -> None:
     """Segment every scan under INPUT_DIR into OUT_DIR, resumably (model loaded once).
@@ -430,6 +441,8 @@ def batch(
         overlap=overlap,
         read=read_options,
         tune_allocator=True,
+        force_modality=force_modality,
+        crop_to_body=crop_to_body,
     )
     reporter = make_reporter(quiet)
     # made before discovery: local worker processes start importing torch while the cohort is scanned
@@ -605,9 +618,25 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 @click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and predicted peaks as JSON.")
 @click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
+@click.option(
+    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
+)
+@click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
 @reader_options
 @handle_errors
-def plan(input_path, model, device, gpu_memory, host_memory, overlap, as_json, trust_bundle, read_options) -> None:
+def plan(
+    input_path,
+    model,
+    device,
+    gpu_memory,
+    host_memory,
+    overlap,
+    as_json,
+    trust_bundle,
+    force_modality,
+    crop_to_body,
+    read_options,
+) -> None:
     """Print the plan `medseg infer` would use for INPUT, with predicted peak memory per component.
 
     \b
@@ -627,19 +656,25 @@ def plan(input_path, model, device, gpu_memory, host_memory, overlap, as_json, t
     from medseg.inference.pipeline import CaseOptions, Segmenter, read_case, start_case
     from medseg.inference.plan_report import describe
 
-    case = read_case(start_case(input_path, None, CaseOptions(overlap=overlap, read=read_options)))
+    options = CaseOptions(overlap=overlap, read=read_options, force_modality=force_modality, crop_to_body=crop_to_body)
+    case = read_case(start_case(input_path, None, options))
     seg = Segmenter(model, device, gpu_memory, host_memory, trust_bundle, tune_allocator=True)
     seg.check(case)
-    result = seg.plan_case(case.volume, overlap, strict=False)
+    volume = seg.work_volume(case)
+    result = seg.plan_case(volume, overlap, strict=False)
     name = seg.model.name
     if as_json:
         doc = {"input": str(input_path), "model": name, "fits": result.fits, **result.plan.to_dict()}
         if seg.model.has_network:
-            doc["model_grid"] = list(Workload.of(case.volume, seg.model).model_shape)
+            doc["model_grid"] = list(Workload.of(volume, seg.model).model_shape)
+        if case.region is not None:
+            doc["crop_to_body"] = case.region.to_dict(case.volume.shape)
         click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(f"{input_path} with {name}")
-        click.echo(describe(result, Workload.of(case.volume, seg.model) if seg.model.has_network else None))
+        if case.region is not None:
+            click.echo(f"crop to body: {'x'.join(map(str, case.region.shape))} of {'x'.join(map(str, case.volume.shape))}")
+        click.echo(describe(result, Workload.of(volume, seg.model) if seg.model.has_network else None))
     if not result.fits:
         sys.exit(1)
 

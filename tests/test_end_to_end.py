@@ -1,7 +1,8 @@
-"""`medseg infer` with the shipped default model on real files written by others.
+"""`medseg infer` with the default model on real files written by others.
 
-The shipped model was trained on CT phantoms, so on these MR scans its labels mean nothing; what is
-checked is what must hold for any input: the label file's geometry equals the input's exactly.
+The default model (``ct-anatomy``) is a CT model, so it refuses these MR scans unless
+``--force-modality`` is given; forced, its labels mean nothing, and what is checked is what must
+hold for any input: the label file's geometry equals the input's exactly.
 """
 
 import json
@@ -34,7 +35,10 @@ GEOMETRY_CASES = {
 def test_infer_on_real_nifti_keeps_exact_geometry(shared_data, tmp_path, case):
     src = shared_data / GEOMETRY_CASES[case]
     out = tmp_path / "labels.nii.gz"
-    result = CliRunner().invoke(main, ["infer", str(src), "-o", str(out), "--device", "cpu", "-q", "--stats"])
+    refused = CliRunner().invoke(main, ["infer", str(src), "-o", str(out), "--device", "cpu", "-q"])
+    assert refused.exit_code == 1 and "needs CT in Hounsfield units" in refused.stderr and not out.exists()
+    args = ["infer", str(src), "-o", str(out), "--device", "cpu", "-q", "--stats", "--force-modality"]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output + result.stderr
     ref, lab = nib.load(str(src)), nib.load(str(out))
     assert lab.shape == ref.shape
@@ -46,6 +50,7 @@ def test_infer_on_real_nifti_keeps_exact_geometry(shared_data, tmp_path, case):
     assert lab.get_data_dtype() == np.uint8
     sidecar = json.loads((tmp_path / "labels.json").read_text())
     assert sidecar["input"]["shape"] == list(ref.shape[:3])
+    assert sidecar["modality"]["forced"] is True
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ class CaseSettings:
     read: ReadOptions = field(default_factory=ReadOptions)
     #: let each case's run set glibc's allocator for its windows (``medseg batch`` asks for it)
     tune_allocator: bool = False
+    force_modality: bool = False
+    crop_to_body: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -48,7 +50,16 @@ class CaseSettings:
 
     def case_options(self) -> CaseOptions:
         """The pipeline's options for every case: the cohort table needs each case's statistics."""
-        return CaseOptions(self.stats, self.preview, self.overlap, "nifti", self.read, statistics=True)
+        return CaseOptions(
+            self.stats,
+            self.preview,
+            self.overlap,
+            "nifti",
+            self.read,
+            statistics=True,
+            force_modality=self.force_modality,
+            crop_to_body=self.crop_to_body,
+        )
 
 
 @dataclass(frozen=True)

@@ -152,6 +152,7 @@ def write_outputs(
     preview: bool = False,
     statistics: bool = False,
     input_sha256: str | None = None,
+    extra: dict | None = None,
 ) -> Written:
     """Write labels (NIfTI and/or DICOM SEG), optional stats/preview, then the sidecar.
 
@@ -160,6 +161,7 @@ def write_outputs(
     sidecar holds. ``statistics``: compute per-label statistics even without ``stats`` (a batch
     needs them for its cohort table); the label counts are then read from them. ``input_sha256``:
     the input file's sha256 when the caller has already hashed it (a batch does, for its ledger).
+    ``extra``: more sidecar keys (the modality check, the crop, the model's notes).
     """
     t = time.perf_counter()
     names = model.label_names()
@@ -197,6 +199,7 @@ def write_outputs(
         final = {**timings, "write": now - t, "total": now - t0}
         final = {k: round(v, 3) for k, v in final.items()}
         record = sidecar(input_path, volume, model, plan, label_counts, outputs, final, input_sha256)
+        record.update(extra or {})
         written.append(write_text_atomic(paths["sidecar"], json.dumps(record, indent=2) + "\n"))
     except BaseException:
         for p in written:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from medseg import __version__
-from medseg.errors import MedsegError
+from medseg.errors import InputError, MedsegError
 from medseg.inference.budget import framework_host_bytes, parse_bytes
 from medseg.inference.engine import MemoryFallbackWarning, infer_labels
 from medseg.inference.estimate import Workload
@@ -43,10 +43,18 @@ from medseg.inference.outputs import OUTPUT_FORMATS, check_dicom_seg_input, outp
 from medseg.inference.plan import Plan
 from medseg.inference.planner import PlanResult, plan_memory, plan_without_network
 from medseg.io import ReadOptions, read_volume
-from medseg.models.base import Model
+from medseg.inference.crop import Region, body_region, crop, paste
+from medseg.inference.modality import check_modality, look_at
+from medseg.models.base import AlgorithmOutput, Model
 from medseg.models.registry import open_model
 from medseg.progress import NULL_PROGRESS, Progress
 from medseg.volume import Volume
+
+
+class ModalityWarning(UserWarning):
+    """A model was run on a scan that does not look like what it accepts (``--force-modality``)."""
+
+    medseg_warning = True
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,9 @@ class CaseOptions:
         output_format: ``nifti``, ``dicom-seg`` or ``nifti+dicom-seg``.
         read: reader options (DICOM series, irregular spacing, tilt).
         statistics: compute per-label statistics even without ``stats`` (a batch's cohort table).
+        force_modality: run a model on a scan that does not look like what it accepts (the
+            mismatch is kept in the sidecar as a warning).
+        crop_to_body: segment only the body's bounding box (CT; labels outside are background).
     """
 
     stats: bool = False
@@ -68,6 +79,8 @@ class CaseOptions:
     output_format: str = "nifti"
     read: ReadOptions = field(default_factory=ReadOptions)
     statistics: bool = False
+    force_modality: bool = False
+    crop_to_body: bool = False
 
     def __post_init__(self) -> None:
         if self.output_format not in OUTPUT_FORMATS:
@@ -92,6 +105,11 @@ class Case:
     #: a batch's case id and the input's size/mtime fingerprint (for its ledger)
     case_id: str = ""
     fingerprint: Any = None
+    #: what the modality check found, the crop segmented, and notes from the model (the sidecar's)
+    modality: dict | None = None
+    region: Region | None = None
+    cropped: bool = False
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -102,6 +120,7 @@ class Segmentation:
     labels: np.ndarray
     plan: Plan
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,21 +183,45 @@ class Segmenter:
 
     # --- stages (start_case and read_case need no model) ------------------------------------------
     def check(self, case: Case) -> Case:
-        """The model takes this volume."""
+        """The model takes this volume: channels, and the modality it accepts (unless forced)."""
         self.model.check_input(case.volume)
+        case.modality = check_modality(self.model, case.volume, case.options.force_modality)
+        if case.modality and case.modality.get("forced"):
+            warnings.warn(case.modality["warning"], ModalityWarning, stacklevel=2)
         return case
 
     def plan(self, case: Case) -> Case:
+        """The memory plan (for the body's box with ``crop_to_body``)."""
         t = time.perf_counter()
-        case.plan = self.plan_case(case.volume, case.options.overlap).plan
+        case.plan = self.plan_case(self.work_volume(case), case.options.overlap).plan
         case.timings["plan"] = time.perf_counter() - t
         return case
 
     def segment_case(self, case: Case, progress: Progress = NULL_PROGRESS) -> Case:
-        result = self.segment(case.volume, case.plan, progress)
-        case.labels = result.labels
+        result = self.segment(self.work_volume(case), case.plan, progress)
+        case.labels = result.labels if case.region is None else paste(result.labels, case.volume.shape, case.region)
         case.timings.update(result.timings)
+        case.notes.extend(result.notes)
         return case
+
+    def work_volume(self, case: Case) -> Volume:
+        """What the model segments: the scan, or with ``crop_to_body`` its body's box (found once)."""
+        if case.options.crop_to_body and not case.cropped:
+            case.region, case.cropped = self._body_region(case), True
+        return case.volume if case.region is None else crop(case.volume, case.region)
+
+    @staticmethod
+    def _body_region(case: Case) -> Region | None:
+        look = look_at(case.volume)
+        if not (look.kind == "CT" and look.hu):
+            message = f"--crop-to-body needs CT in HU to find the body; the scan looks like {look.words}"
+            raise InputError(message, case.volume.source)
+        t = time.perf_counter()
+        region = body_region(case.volume)
+        case.timings["crop"] = time.perf_counter() - t
+        if region is None:
+            case.notes.append("crop to body: no body found; the whole scan was segmented")
+        return region
 
     def write(self, case: Case) -> InferResult:
         """Every output of the case; the timing record is final here (sidecar and ledger share it)."""
@@ -196,6 +239,7 @@ class Segmenter:
             preview=opts.preview,
             statistics=opts.statistics,
             input_sha256=case.input_sha256 if case.input_path.is_file() else None,
+            extra=self._sidecar_extra(case),
         )
         result = InferResult(
             case.input_path,
@@ -213,6 +257,16 @@ class Segmenter:
         )
         case.volume = case.labels = None  # written: the arrays are no longer needed
         return result
+
+    @staticmethod
+    def _sidecar_extra(case: Case) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if case.modality is not None:
+            extra["modality"] = case.modality
+        if case.options.crop_to_body:
+            extra["crop_to_body"] = case.region.to_dict(case.volume.shape) if case.region else None
+        extra["notes"] = list(case.notes)
+        return extra
 
     def process(self, case: Case, progress: Progress = NULL_PROGRESS) -> InferResult:
         """The model's stages of a case that has been read: check, plan, segment, write."""
@@ -291,11 +345,13 @@ class Segmenter:
         model = self.model
         model.check_input(volume)
         plan = plan or self.plan_for(volume)
-        timings = {}
+        timings, notes = {}, []
         if not model.has_network:
             t = time.perf_counter()
             progress.stage("segment")
             labels = model.run_algorithm(volume, progress)
+            if isinstance(labels, AlgorithmOutput):
+                notes, labels = list(labels.notes), labels.labels
             timings["inference"] = time.perf_counter() - t
         else:
             t = time.perf_counter()
@@ -310,7 +366,7 @@ class Segmenter:
             timings["inference"] = time.perf_counter() - t
         if labels.shape != volume.shape:  # a broken invariant, never a user error
             raise AssertionError(f"labels {labels.shape} do not match the input grid {volume.shape}")
-        return Segmentation(volume, labels, plan, timings)
+        return Segmentation(volume, labels, plan, timings, notes)
 
 
 def start_case(input_path: str | Path, output: str | Path | None = None, options: CaseOptions | None = None) -> Case:
@@ -345,15 +401,25 @@ def infer_file(
     trust_bundle: bool = False,
     read_options: ReadOptions | None = None,
     tune_allocator: bool = False,
+    force_modality: bool = False,
+    crop_to_body: bool = False,
 ) -> InferResult:
     """Segment one scan (file or DICOM folder) and write its outputs atomically (nothing is left behind on failure).
 
     ``output_format``: ``nifti`` (label NIfTI), ``dicom-seg`` (DICOM SEG referencing the source
     series), or ``nifti+dicom-seg`` (both). ``gpu_memory``/``host_memory``/``tune_allocator``: see
     :class:`Segmenter`; ignored when ``model`` is a Segmenter. The scan is read before the model
-    is loaded, so a bad input fails at once.
+    is loaded, so a bad input fails at once. ``force_modality``, ``crop_to_body``: see :class:`CaseOptions`.
     """
-    options = CaseOptions(stats, preview, overlap, output_format, read_options or ReadOptions())
+    options = CaseOptions(
+        stats,
+        preview,
+        overlap,
+        output_format,
+        read_options or ReadOptions(),
+        force_modality=force_modality,
+        crop_to_body=crop_to_body,
+    )
     if isinstance(model, Segmenter):
         return model.run(input_path, output, options, progress)
     case = start_case(input_path, output, options)

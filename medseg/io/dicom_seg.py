@@ -93,6 +93,12 @@ def _anatomical():
     return codes.cid7150.AnatomicalStructure
 
 
+def _tissue():
+    from pydicom.sr.codedict import codes
+
+    return codes.cid7150.Tissue
+
+
 def _cielab(rgb) -> Any:
     import highdicom as hd
 
@@ -223,7 +229,7 @@ def build_dicom_seg(
         code = coded[0] if coded else None
         if code:  # the model's own concept for this label
             concept = hd.sr.CodedConcept(str(code["value"]), str(code["scheme"]), str(code["meaning"]))
-            category = _anatomical()
+            category = _tissue() if code.get("category") == "tissue" else _anatomical()
         else:
             category, concept = segment_concept(name)
         kwargs = {}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,11 +41,22 @@ if TYPE_CHECKING:  # for the annotations only
 @dataclass(frozen=True)
 class Label:
     """One output label: its name, display colour and, where known, a coded concept
-    (``{"scheme": "SCT", "value": "10200004", "meaning": "Liver"}``) for DICOM SEG."""
+    (``{"scheme": "SCT", "value": "10200004", "meaning": "Liver"}``, optionally with ``"category"``:
+    ``anatomical`` (the default) or ``tissue``) for DICOM SEG."""
 
     name: str
     color: tuple[int, int, int] = (255, 0, 0)
     code: dict[str, str] | None = None
+
+
+@dataclass
+class AlgorithmOutput:
+    """What a model without a network returns: labels on the scan's grid, plain-English notes for
+    the sidecar (e.g. "no lungs in the field of view") and its own step timings in seconds."""
+
+    labels: np.ndarray
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,8 +205,9 @@ class Model(ABC):
         """Scores ``(B, classes, *roi)`` for a batch of windows (models with a network)."""
         raise ModelError("has no network; it segments with its own algorithm", self.name)
 
-    def run_algorithm(self, volume: Volume, progress: Progress) -> np.ndarray:
-        """Labels on ``volume``'s grid, for a model without a network (``windows`` is None)."""
+    def run_algorithm(self, volume: Volume, progress: Progress) -> np.ndarray | AlgorithmOutput:
+        """Labels on ``volume``'s grid (or an :class:`AlgorithmOutput` with notes), for a model
+        without a network (``windows`` is None)."""
         raise ModelError("has a network; run it through the engine", self.name)
 
     # --- memory and speed (the planner's terms) -----------------------------------------------

@@ -1,8 +1,9 @@
 """Find models by name or path and open them behind the model interface.
 
-``open_model`` is the one door: a shipped model's name (``configs/models/<name>.yaml``), a
-ModelSpec YAML, a MONAI bundle folder, a ModelSpec or an already opened
-:class:`~medseg.models.base.Model`. ``medseg models`` lists what :func:`available_models` finds.
+``open_model`` is the one door: a built-in model's name (``ct-anatomy``, weights-free), a shipped
+model's name (``configs/models/<name>.yaml``), a ModelSpec YAML, a MONAI bundle folder, a
+ModelSpec or an already opened :class:`~medseg.models.base.Model`. ``medseg models`` lists what
+:func:`model_names` finds. Without a model, CT gets :data:`DEFAULT_MODEL`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from pathlib import Path
 from medseg.errors import ModelError
 from medseg.models.base import Model
 from medseg.models.bundle import is_bundle
+from medseg.models.ct_anatomy.model import CtAnatomyModel
 from medseg.models.monai import BundleModel, MonaiModel
 from medseg.models.spec import ModelSpec, load_spec
 
-DEFAULT_MODEL = "phantom-unet3d"
+#: models that need no file: name -> class (opened with the device)
+BUILTIN_MODELS: dict[str, type[Model]] = {"ct-anatomy": CtAnatomyModel}
+#: what ``medseg infer`` runs without ``--model``: the weights-free CT model (it refuses non-CT scans)
+DEFAULT_MODEL = "ct-anatomy"
 
 
 def project_root() -> Path:
@@ -27,9 +32,14 @@ def models_dir() -> Path:
 
 
 def available_models() -> dict[str, Path]:
-    """Shipped models by name (``configs/models/<name>.yaml``)."""
+    """Shipped ModelSpec models by name (``configs/models/<name>.yaml``)."""
     folder = models_dir()
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def model_names() -> list[str]:
+    """Every model that opens by name: the built-in ones first, then the shipped ModelSpecs."""
+    return [*BUILTIN_MODELS, *(n for n in available_models() if n not in BUILTIN_MODELS)]
 
 
 def open_model(
@@ -44,6 +54,8 @@ def open_model(
     if isinstance(model, ModelSpec):
         return MonaiModel(model, device)
     name = str(model or DEFAULT_MODEL)
+    if name in BUILTIN_MODELS:
+        return BUILTIN_MODELS[name](device)
     known = available_models()
     if name in known:
         return MonaiModel(load_spec(known[name]), device)
@@ -54,7 +66,7 @@ def open_model(
         raise ModelError("is a folder; give a ModelSpec .yaml file or a MONAI bundle folder", path)
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         return MonaiModel(load_spec(path), device)
-    names = ", ".join(known) or "none installed"
+    names = ", ".join(model_names())
     raise ModelError(f"unknown model (available: {names}; or give a path to a ModelSpec .yaml)", name)
 
 

@@ -36,7 +36,7 @@ class MedsegWidget(QtWidgets.QWidget):
 
     def __init__(self, napari_viewer):
         super().__init__()
-        from medseg.models.registry import DEFAULT_MODEL, available_models
+        from medseg.models.registry import DEFAULT_MODEL, model_names
 
         self.viewer = napari_viewer
         self.worker = None
@@ -55,7 +55,7 @@ class MedsegWidget(QtWidgets.QWidget):
         form.addRow("Window", self.window_combo)
         self.model_combo = QtWidgets.QComboBox()
         self.model_combo.setEditable(True)  # a ModelSpec .yaml path may be typed or browsed
-        self.model_combo.addItems(list(available_models()) or [DEFAULT_MODEL])
+        self.model_combo.addItems(model_names())
         self.model_combo.setCurrentText(DEFAULT_MODEL)
         browse = QtWidgets.QPushButton("...")
         browse.setToolTip("Choose a ModelSpec .yaml")

@@ -90,8 +90,11 @@ def segment_layer(
     image_name: str = "scan",
 ) -> tuple:
     """Run medseg on an image layer (on its source grid) and return a named, coloured Labels layer tuple."""
+    from medseg.inference.modality import check_modality
+
     volume = volume_from_layer(image_data, image_metadata)
     segmenter = get_segmenter(model, device)
+    check_modality(segmenter.model, volume)  # a CT model refuses an MR layer, as `medseg infer` does
     progress = progress or WidgetProgress()
     result = segmenter.segment(volume, progress=progress)
     progress.finish()

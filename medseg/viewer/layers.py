@@ -48,15 +48,10 @@ def _sample(array: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
 
 
 def is_ct(volume: Volume) -> bool:
-    """CT if the source says so; otherwise guessed from values (air at about -1000 HU)."""
-    modality = str(volume.meta.get("modality") or "").upper()
-    if modality:
-        return modality == "CT"
-    sample = _sample(volume.array if volume.array.ndim == 3 else volume.array[..., 0])
-    if sample.size == 0:
-        return False
-    low, high = np.percentile(sample, [0.5, 99.5])
-    return bool(low <= -500.0 and high <= 4000.0 and sample.min() >= -3100.0)
+    """CT in HU if the source says CT or the values look like it (:func:`medseg.inference.modality.look_at`)."""
+    from medseg.inference.modality import look_at
+
+    return look_at(volume).kind == "CT"
 
 
 def contrast_limits(volume: Volume, window: str = "auto") -> tuple[float, float]:

@@ -47,7 +47,8 @@ class BrightVoxels(Model):
 
 
 def _scan(tmp_path, affine=None):
-    data = np.zeros((20, 16, 12), np.int16)
+    data = np.zeros((20, 16, 12), np.int16)  # soft tissue (0 HU) with air around it: CT in HU
+    data[:3] = -1000
     data[5:12, 4:9, 2:7] = 400
     affine = np.array([[-1.5, 0, 0, 10], [0, -1.5, 0, 20], [0, 0, 3.0, -5], [0, 0, 0, 1]]) if affine is None else affine
     return save_nifti(tmp_path / "scan.nii.gz", data, affine), data
@@ -107,6 +108,7 @@ def test_models_command_lists_through_the_interface():
 
     res = CliRunner().invoke(main, ["models"])
     assert res.exit_code == 0, res.output
-    first = res.output.splitlines()[0].split()
-    assert first[:3] == ["phantom-unet2d", "2D", "monai-spec"] and "[weights ok]" in res.output
+    rows = {line.split()[0]: line.split() for line in res.output.splitlines() if not line.startswith(" ")}
+    assert rows["phantom-unet2d"][1:3] == ["2D", "monai-spec"] and "[weights ok]" in res.output
+    assert rows["ct-anatomy"][1:4] == ["no", "network", "classical"]
     assert "CT, window [-1000, 1000] -> [0, 1], clipped" in res.output

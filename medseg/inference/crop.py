@@ -1,0 +1,77 @@
+"""``--crop-to-body``: segment only the body's bounding box (with a margin); outside is background.
+
+As TotalSegmentator's body-crop option does, a coarse, fast body mask
+(:func:`medseg.models.ct_anatomy.body.body_mask`) is computed first; the model then runs on the
+sub-volume, whose affine is the source affine shifted to the box's first voxel, so geometry stays
+exact, and its labels are pasted back into a background volume of the scan's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medseg.errors import InputError
+from medseg.volume import Volume
+
+#: margin around the body's bounding box, in mm
+CROP_MARGIN_MM = 10.0
+
+
+@dataclass(frozen=True)
+class Region:
+    """A box of the scan: ``start``/``stop`` voxel indices per axis (stop exclusive)."""
+
+    start: tuple[int, int, int]
+    stop: tuple[int, int, int]
+
+    @property
+    def slices(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(a, b) for a, b in zip(self.start, self.stop, strict=True))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(b - a for a, b in zip(self.start, self.stop, strict=True))
+
+    def fraction_of(self, shape) -> float:
+        return float(np.prod(self.shape) / max(1, np.prod(shape[:3])))
+
+    def to_dict(self, shape) -> dict:
+        return {"start": list(self.start), "stop": list(self.stop), "fraction": round(self.fraction_of(shape), 4)}
+
+
+def body_region(volume: Volume, margin_mm: float = CROP_MARGIN_MM) -> Region | None:
+    """The body's bounding box with ``margin_mm`` on every side (clipped to the scan); None if no body."""
+    from medseg.models.ct_anatomy.body import body_mask
+
+    array = volume.array if volume.array.ndim == 3 else volume.array[..., 0]
+    mask = body_mask(np.asarray(array), volume.affine)
+    if not mask.any():
+        return None
+    start, stop = [], []
+    for axis, spacing in enumerate(volume.spacing):
+        others = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=others))
+        pad = int(np.ceil(margin_mm / max(spacing, 1e-6)))
+        start.append(max(0, int(hits[0]) - pad))
+        stop.append(min(volume.shape[axis], int(hits[-1]) + 1 + pad))
+    return Region(tuple(start), tuple(stop))
+
+
+def crop(volume: Volume, region: Region) -> Volume:
+    """The sub-volume of ``region``: a view of the voxels, the affine moved to its first voxel."""
+    shift = np.eye(4)
+    shift[:3, 3] = region.start
+    sub = volume.with_array(volume.array[region.slices], volume.affine @ shift)
+    sub.meta["cropped_from"] = {"shape": list(volume.shape), "start": list(region.start)}
+    return sub
+
+
+def paste(labels: np.ndarray, shape: tuple[int, ...], region: Region) -> np.ndarray:
+    """``labels`` of the sub-volume placed in a background volume of ``shape``."""
+    if labels.shape != region.shape:
+        raise AssertionError(f"labels {labels.shape} do not match the crop {region.shape}")
+    full = np.zeros(shape[:3], dtype=labels.dtype)
+    full[region.slices] = labels
+    return full
