@@ -55,7 +55,8 @@ def main() -> None:
         print(f"grid {'x'.join(map(str, args.shape))}, model {args.model}; crop box {side['crop_to_body']}")
         print(
             f"best of {args.repeats}: full {best['full'][0]:.1f} s / {best['full'][1] / 2**30:.2f} GiB, "
-            f"crop {best['crop'][0]:.1f} s / {best['crop'][1] / 2**30:.2f} GiB -> time x{best['full'][0] / best['crop'][0]:.2f}, "
+            f"crop {best['crop'][0]:.1f} s / {best['crop'][1] / 2**30:.2f} GiB -> "
+            f"time x{best['full'][0] / best['crop'][0]:.2f}, "
             f"peak RAM x{best['full'][1] / best['crop'][1]:.2f} (full / crop)"
         )
         print(f"voxels equal: {np.mean(a == b):.5f}")
@@ -63,7 +64,9 @@ def main() -> None:
             x, y = a == k, b == k
             total = int(x.sum() + y.sum())
             if total:
-                print(f"  {name:16s} Dice {2 * int((x & y).sum()) / total:.4f}  ({int(x.sum())} vs {int(y.sum())} voxels)")
+                print(
+                    f"  {name:16s} Dice {2 * int((x & y).sum()) / total:.4f}  ({int(x.sum())} vs {int(y.sum())} voxels)"
+                )
 
 
 if __name__ == "__main__":

@@ -46,7 +46,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     medseg = [sys.executable, "-m", "medseg.cli"]
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for shape in SIZES:
             scan = clinical_ct(Path(tmp) / f"ct_{'x'.join(map(str, shape))}.nii.gz", SPACING, shape)

@@ -673,7 +673,9 @@ def plan(
     else:
         click.echo(f"{input_path} with {name}")
         if case.region is not None:
-            click.echo(f"crop to body: {'x'.join(map(str, case.region.shape))} of {'x'.join(map(str, case.volume.shape))}")
+            click.echo(
+                f"crop to body: {'x'.join(map(str, case.region.shape))} of {'x'.join(map(str, case.volume.shape))}"
+            )
         click.echo(describe(result, Workload.of(volume, seg.model) if seg.model.has_network else None))
     if not result.fits:
         sys.exit(1)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medseg.errors import InputError
 from medseg.volume import Volume
 
 #: margin around the body's bounding box, in mm

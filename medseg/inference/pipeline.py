@@ -36,15 +36,15 @@ import torch
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
 from medseg.inference.budget import framework_host_bytes, parse_bytes
+from medseg.inference.crop import Region, body_region, crop, paste
 from medseg.inference.engine import MemoryFallbackWarning, infer_labels
 from medseg.inference.estimate import Workload
 from medseg.inference.host_memory import process_rss_bytes
+from medseg.inference.modality import check_modality, look_at
 from medseg.inference.outputs import OUTPUT_FORMATS, check_dicom_seg_input, output_paths, write_outputs
 from medseg.inference.plan import Plan
 from medseg.inference.planner import PlanResult, plan_memory, plan_without_network
 from medseg.io import ReadOptions, read_volume
-from medseg.inference.crop import Region, body_region, crop, paste
-from medseg.inference.modality import check_modality, look_at
 from medseg.models.base import AlgorithmOutput, Model
 from medseg.models.registry import open_model
 from medseg.progress import NULL_PROGRESS, Progress

@@ -87,8 +87,9 @@ def test_crop_to_body_gives_the_uncropped_labels_and_records_the_box(tmp_path):
     assert np.array_equal(nib.load(str(cropped.labels_path)).affine, nib.load(str(src)).affine)
     assert cropped_model.shapes[0] != hu.shape and np.prod(cropped_model.shapes[0]) < 0.6 * hu.size
     sidecar = json.loads(cropped.sidecar_path.read_text())
-    assert tuple(np.subtract(sidecar["crop_to_body"]["stop"], sidecar["crop_to_body"]["start"])) == (
-        cropped_model.shapes[0]
+    assert (
+        tuple(np.subtract(sidecar["crop_to_body"]["stop"], sidecar["crop_to_body"]["start"]))
+        == (cropped_model.shapes[0])
     )
     assert "crop" in sidecar["timings_s"] and sidecar["crop_to_body"]["fraction"] < 0.6
 

@@ -231,7 +231,9 @@ def test_plan_cli_json_and_table(tmp_path):
     doc = json.loads(res.output)
     assert doc["fits"] and doc["roi_size"] == [64, 64, 64]
     assert doc["predicted_bytes"]["host.activations"] > 0 and doc["predicted_bytes"]["host.peak"] > 0
-    res = runner.invoke(main, ["plan", str(scan), "--model", "phantom-unet3d", "--device", "cpu", "--host-memory", "64MB"])
+    res = runner.invoke(
+        main, ["plan", str(scan), "--model", "phantom-unet3d", "--device", "cpu", "--host-memory", "64MB"]
+    )
     assert res.exit_code == 1 and "DOES NOT FIT" in res.output and "nothing fits" in res.output
     res = runner.invoke(main, ["plan", str(scan), "--device", "cpu", "--host-memory", "lots"])
     assert res.exit_code == 1 and "cannot read memory size" in res.output

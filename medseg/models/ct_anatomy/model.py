@@ -70,7 +70,9 @@ class CtAnatomyModel(Model):
         from medseg.models.ct_anatomy.method import segment_ct
 
         result = segment_ct(np.asarray(volume.array), volume.affine, lambda f, _msg="": progress.update(f))
-        return AlgorithmOutput(result.labels, list(result.notes), {f"ct_anatomy.{k}": v for k, v in result.timings.items()})
+        return AlgorithmOutput(
+            result.labels, list(result.notes), {f"ct_anatomy.{k}": v for k, v in result.timings.items()}
+        )
 
     def algorithm_bytes(self, volume: Volume) -> int:
         from medseg.models.ct_anatomy.method import peak_bytes
