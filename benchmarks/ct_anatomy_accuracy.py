@@ -5,7 +5,7 @@ regions 9-11, right 12-14) and its oblique copy, the crop ``crop_ct_2slices`` (s
 label map: 10 left, 13 right, 512 main bronchi), the elastix right-lung mask (2x finer grid, resampled
 nearest), the dicompyler RTSTRUCT ``BODY`` on its one slice, and lungmask R231's voxel counts on its
 two test slices. CIP's own classical output on ``ct-64`` is scored too, as the baseline to beat.
-Writes axial/coronal overlays to ``docs/ct_anatomy/``.
+Writes medseg's preview picture of each scan to ``docs/ct_anatomy/``.
 
     python benchmarks/ct_anatomy_accuracy.py [--no-png]
 """
@@ -23,17 +23,6 @@ DATA = ROOT.parent / "shared" / "data"
 CT = DATA / "ct"
 OUT = ROOT / "docs" / "ct_anatomy"
 
-COLOURS = {
-    1: (177, 122, 101),
-    2: (80, 170, 230),
-    3: (40, 110, 200),
-    4: (120, 240, 240),
-    5: (241, 214, 145),
-    6: (250, 230, 90),
-    7: (230, 170, 40),
-    8: (200, 60, 60),
-}
-
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     s = int(a.sum()) + int(b.sum())
@@ -50,24 +39,13 @@ def read(path: Path):
 def dicompyler():
     import pydicom
     import SimpleITK as sitk
-    from PIL import Image, ImageDraw
+
+    from medseg.io.rtstruct import dicom_slice_affine, roi_mask
 
     d = CT / "dicompyler_core"
-    ct = pydicom.dcmread(d / "ct.0.dcm")
-    rs = pydicom.dcmread(d / "rtss.dcm")
-    ox, oy, oz = (float(v) for v in ct.ImagePositionPatient)
-    sy, sx = (float(v) for v in ct.PixelSpacing)
-    number = next(r.ROINumber for r in rs.StructureSetROISequence if r.ROIName == "BODY")
-    img = Image.new("1", (int(ct.Columns), int(ct.Rows)), 0)
-    draw = ImageDraw.Draw(img)
-    for rc in rs.ROIContourSequence:
-        if rc.ReferencedROINumber == number:
-            for c in rc.ContourSequence:
-                pts = np.asarray(c.ContourData, float).reshape(-1, 3)
-                if abs(pts[0, 2] - oz) < 0.5:
-                    draw.polygon([((px - ox) / sx, (py - oy) / sy) for px, py, _ in pts], fill=1, outline=1)
     hu = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "ct.0.dcm"))).transpose(2, 1, 0)
-    return hu, np.diag([-sx, -sy, 3.0, 1.0]), np.asarray(img).T[:, :, None]
+    affine = dicom_slice_affine(pydicom.dcmread(d / "ct.0.dcm"), thickness=3.0)
+    return hu, affine, roi_mask(d / "rtss.dcm", "BODY", affine, hu.shape)
 
 
 def elastix_reference():
@@ -80,44 +58,16 @@ def elastix_reference():
 
 
 def preview(name: str, hu: np.ndarray, affine: np.ndarray, labels: np.ndarray) -> None:
-    """Axial (middle of the lungs, else the middle slice) and coronal overlays, RAS display."""
-    from PIL import Image
+    """medseg's own ``--preview`` picture (axial, coronal, sagittal through the labels' centre)."""
+    from medseg.io.preview import write_preview
+    from medseg.models.ct_anatomy.model import CtAnatomyModel
+    from medseg.volume import Volume
 
-    from medseg.models.ct_anatomy.grid import Canonical
-
-    canon = Canonical.from_affine(affine, hu.shape)
-    h = np.asarray(canon.to_canonical(hu), dtype=np.float32)
-    lab = np.asarray(canon.to_canonical(labels))
-    sp = canon.spacing
-    lung_k = np.flatnonzero(np.isin(lab, [2, 3]).any(axis=(0, 1)))
-    k = int(lung_k[len(lung_k) // 2]) if lung_k.size else lab.shape[2] // 2
-    j = lab.shape[1] // 2
-    views = {
-        "axial": (h[:, :, k], lab[:, :, k], sp[0], sp[1]),
-        "coronal": (h[:, j, :], lab[:, j, :], sp[0], sp[2]),
-    }
+    model_labels = CtAnatomyModel().labels
+    colors = {k: v.color for k, v in model_labels.items()}
+    names = {k: v.name for k, v in model_labels.items()}
     OUT.mkdir(parents=True, exist_ok=True)
-    tiles = []
-    for img, lb, sx, sy in views.values():
-        grey = np.clip((img + 1000) / 1400, 0, 1) * 255
-        rgb = np.repeat(grey[..., None], 3, axis=2)
-        over = np.zeros_like(rgb)
-        for v, c in COLOURS.items():
-            over[lb == v] = c
-        a = np.where((lb > 0)[..., None], 0.45, 0.0)
-        rgb = (rgb * (1 - a) + over * a).astype(np.uint8)
-        # radiological display: patient's Right on the image left, anterior/superior up
-        rgb = np.flip(rgb, axis=0).transpose(1, 0, 2)[::-1]
-        pil = Image.fromarray(np.ascontiguousarray(rgb))
-        w, hgt = pil.size
-        scale = 256 / max(w * sx, hgt * sy)
-        tiles.append(pil.resize((max(1, round(w * sx * scale)), max(1, round(hgt * sy * scale))), Image.NEAREST))
-    canvas = Image.new("RGB", (sum(t.size[0] for t in tiles) + 8, max(t.size[1] for t in tiles)), (0, 0, 0))
-    x = 0
-    for t in tiles:
-        canvas.paste(t, (x, 0))
-        x += t.size[0] + 8
-    canvas.save(OUT / f"{name}.png")
+    write_preview(OUT / f"{name}.png", Volume(hu, np.asarray(affine, float)), labels, colors, names)
 
 
 def main() -> None:

@@ -4,6 +4,11 @@ As TotalSegmentator's body-crop option does, a coarse, fast body mask
 (:func:`medseg.models.ct_anatomy.body.body_mask`) is computed first; the model then runs on the
 sub-volume, whose affine is the source affine shifted to the box's first voxel, so geometry stays
 exact, and its labels are pasted back into a background volume of the scan's shape.
+
+The box is widened (:func:`align_to_model_grid`) so that the model's resampled grid of the crop
+falls on the same points as that of the whole scan wherever the voxel sizes allow (a 3 mm model on
+0.8 mm voxels: the box starts on a multiple of 15 voxels): the network sees the same samples
+with and without the crop, and only tile positions differ.
 """
 
 from __future__ import annotations
@@ -55,6 +60,36 @@ def body_region(volume: Volume, margin_mm: float = CROP_MARGIN_MM) -> Region | N
         pad = int(np.ceil(margin_mm / max(spacing, 1e-6)))
         start.append(max(0, int(hits[0]) - pad))
         stop.append(min(volume.shape[axis], int(hits[-1]) + 1 + pad))
+    return Region(tuple(start), tuple(stop))
+
+
+def _grid_step(scale: float, longest: int = 64) -> int:
+    """The fewest source voxels that hold a whole number of model voxels (``scale`` = target/source
+    spacing); 1 when none up to ``longest`` does (the shift then cannot be made exact)."""
+    for n in range(1, longest + 1):
+        m = n / scale
+        if abs(m - round(m)) < 1e-3 * max(1.0, m):
+            return n
+    return 1
+
+
+def align_to_model_grid(region: Region, shape, record) -> Region:
+    """``region`` grown so the model grid's first sample (voxel 0 after reorientation, so the last
+    voxel along a flipped axis) lands on a sample of the whole scan's model grid.
+
+    Args:
+        record: the model's :class:`~medseg.inference.preprocess.GridRecord` for the whole scan.
+    """
+    start, stop = list(region.start), list(region.stop)
+    for axis in range(3):
+        out_axis, flip = int(record.ornt[axis, 0]), record.ornt[axis, 1] < 0
+        n = _grid_step(float(record.scale[out_axis]))
+        if n == 1:
+            continue
+        if flip:  # the reoriented grid starts at the last voxel: align the distance to the far end
+            stop[axis] = int(shape[axis]) - ((int(shape[axis]) - stop[axis]) // n) * n
+        else:
+            start[axis] = (start[axis] // n) * n
     return Region(tuple(start), tuple(stop))
 
 

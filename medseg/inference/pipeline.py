@@ -36,7 +36,7 @@ import torch
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
 from medseg.inference.budget import framework_host_bytes, parse_bytes
-from medseg.inference.crop import Region, body_region, crop, paste
+from medseg.inference.crop import Region, align_to_model_grid, body_region, crop, paste
 from medseg.inference.engine import MemoryFallbackWarning, infer_labels
 from medseg.inference.estimate import Workload
 from medseg.inference.host_memory import process_rss_bytes
@@ -210,14 +210,15 @@ class Segmenter:
             case.region, case.cropped = self._body_region(case), True
         return case.volume if case.region is None else crop(case.volume, case.region)
 
-    @staticmethod
-    def _body_region(case: Case) -> Region | None:
+    def _body_region(self, case: Case) -> Region | None:
         look = look_at(case.volume)
         if not (look.kind == "CT" and look.hu):
             message = f"--crop-to-body needs CT in HU to find the body; the scan looks like {look.words}"
             raise InputError(message, case.volume.source)
         t = time.perf_counter()
         region = body_region(case.volume)
+        if region is not None and self.model.has_network:  # a network resamples to its own grid
+            region = align_to_model_grid(region, case.volume.shape, self.model.model_grid(case.volume))
         case.timings["crop"] = time.perf_counter() - t
         if region is None:
             case.notes.append("crop to body: no body found; the whole scan was segmented")

@@ -101,3 +101,22 @@ def test_crop_to_body_needs_ct(tmp_path):
     model.accepts = Accepts("any", 1, "")
     with pytest.raises(InputError, match="--crop-to-body needs CT in HU"):
         infer_file(src, model=model, crop_to_body=True)
+
+
+def test_box_is_aligned_to_the_model_grid():
+    from medseg.inference.crop import align_to_model_grid
+    from medseg.inference.preprocess import plan_grid
+    from medseg.models.spec import PreprocessSpec
+
+    # 0.8 mm voxels, a 3 mm model grid: 15 voxels hold 4 model voxels; y is flipped (LPS -> RAS)
+    affine = np.diag([0.8, -0.8, 1.5, 1.0])
+    shape = (100, 90, 40)
+    vol = Volume(np.zeros(shape, np.int16), affine)
+    record = plan_grid(vol, PreprocessSpec(orientation="RAS", spacing=(3.0, 3.0, 3.0)))
+    region = align_to_model_grid(Region((22, 10, 5), (80, 61, 33)), shape, record)
+    assert region.start == (15, 10, 4) and region.stop == (80, 75, 33)
+    # the crop's model grid starts on a sample of the whole scan's model grid
+    sub = plan_grid(crop(vol, region), PreprocessSpec(orientation="RAS", spacing=(3.0, 3.0, 3.0)))
+    first = sub.model_affine @ [0, 0, 0, 1]
+    index = np.linalg.solve(record.model_affine, first)
+    assert np.allclose(index, np.round(index), atol=1e-6)

@@ -5,7 +5,8 @@ patient's connected components, fill the air inside), with the decisions taken o
 
 1. block-mean HU on the coarse grid (padding clipped to -1024 first, so it reads as air);
 2. tissue = mean > -500 HU; an axial opening of 6 mm radius cuts thin bridges (table shells, blankets,
-   ECG leads) from the patient;
+   ECG leads) from the patient (tissue at the image edge is taken to continue beyond it, so a chest wall
+   thinned by the FOV cut is not opened away);
 3. 3D components: the largest is the patient; others stay when they hold >= 1 % of its volume and are
    thick (an in-plane disk of 12 mm radius fits: arms, legs) - table and arm rests are thin plates;
 4. the opened-away margin is given back (tissue within the opening radius of what was kept);
@@ -68,7 +69,12 @@ def body_parts(hu16: np.ndarray, grid: CoarseGrid, mean: np.ndarray, padding: np
         return BodyParts(np.zeros(grid.shape, dtype=bool), empty, empty, False)
 
     disk = ellipsoid(OPENING_MM, sp, planar=True)
-    opened = ndi.binary_opening(tissue, structure=disk)
+    # tissue at the image edge continues beyond it (a FOV that cuts the chest wall): replicate the edge
+    # so the opening does not cut a thin, truncated wall and open the lung to the outside air
+    r = int(np.ceil(OPENING_MM / min(sp[:2]))) + 1
+    padded = np.pad(tissue, ((r, r), (r, r), (0, 0)), mode="edge")
+    opened = np.ascontiguousarray(ndi.binary_opening(padded, structure=disk)[r:-r, r:-r])
+    del padded
     if not opened.any():  # everything thinner than the opening: keep the tissue as it is
         opened = tissue
     lab, n = ndi.label(opened)
