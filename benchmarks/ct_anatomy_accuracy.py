@@ -139,6 +139,16 @@ def main() -> None:
                 ("lung_right count", r / 64752, "lungmask R231 64 752 vox (ratio)"),
                 ("lung_left count", left / 36536, "lungmask R231 36 536 vox (ratio)"),
             ]
+        if name == "ct-64":  # partial fields of view of the same scan: lung bases, abdomen below the lungs
+            first = int(np.flatnonzero(((lm >= 9) & (lm <= 14)).any(axis=(0, 1)))[0])
+            base = segment_ct(hu[:, :, : first + 9], affine).labels
+            lm_b = lm[:, :, : first + 9]
+            below = segment_ct(hu[:, :, :first], affine).labels
+            scores += [
+                ("bases lung_left", dice(base == L.LUNG_LEFT, (lm_b >= 9) & (lm_b <= 11)), "lowest 36 mm of lung"),
+                ("bases lung_right", dice(base == L.LUNG_RIGHT, (lm_b >= 12) & (lm_b <= 14)), "lowest 36 mm of lung"),
+                ("below: lung+airway", float(np.isin(below, [*lungs, L.AIRWAY]).sum()), "voxels (0 expected)"),
+            ]
         for s, d, ref in scores:
             print(f"{name:<26} {s:<18} {d:6.3f}  {ref}")
             rows.append((name, s, d))
