@@ -1,6 +1,6 @@
-"""Make the README's "Review in napari" screenshot: the sample phantom CT, segmented by the shipped model.
+"""Make the README's "Review in napari" screenshot: the sample chest CT, segmented by the default model.
 
-Runs medseg's own pipeline (phantom-unet3d on CPU) and `medseg view`'s launcher, on Xvfb when there
+Runs medseg's own pipeline (ct-anatomy on CPU) and `medseg view`'s launcher, on Xvfb when there
 is no display, and writes docs/napari_review.png (a small PNG, committed).
 
     python docs/make_screenshot.py [-o docs/napari_review.png]
@@ -23,9 +23,9 @@ def main() -> None:
     from medseg.inference.pipeline import infer_file
     from medseg.viewer.display import virtual_display
 
-    scan = ROOT / "sample_data" / "phantom_ct.nii.gz"
+    scan = ROOT / "sample_data" / "chest_ct.nii.gz"
     with tempfile.TemporaryDirectory() as tmp:
-        result = infer_file(scan, output=Path(tmp) / "phantom_ct_seg.nii.gz", model="phantom-unet3d", device="cpu")
+        result = infer_file(scan, output=Path(tmp) / "chest_ct_seg.nii.gz", model="ct-anatomy", device="cpu")
         with virtual_display():
             from PIL import Image
 

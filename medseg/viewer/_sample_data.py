@@ -1,9 +1,15 @@
-"""napari sample data: a synthetic torso CT (HU) made by :mod:`medseg.phantom`, with or without its ground truth.
+"""napari sample data: the shipped real chest CT, and a synthetic torso CT (HU) made by :mod:`medseg.phantom`
+with or without its ground truth.
 
-Generated on the fly (under a second), so it works from any install, with no files to download.
+The phantom is generated on the fly (under a second), so it works from any install, with no files to
+download; the chest CT is ``sample_data/chest_ct.nii.gz`` of the medseg checkout (licence beside it).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+
+CHEST_CT = Path(__file__).resolve().parents[2] / "sample_data" / "chest_ct.nii.gz"
 
 SAMPLE_SEED = 7
 SAMPLE_GRID = {"axcodes": "LPS", "spacing": (2.5, 2.5, 4.0), "oblique": False}
@@ -37,3 +43,14 @@ def phantom_ct_with_labels() -> list[tuple]:
         image_layer_data(image, name="phantom CT"),
         labels_layer_data(labels, name="phantom ground truth", info=info),
     ]
+
+
+def chest_ct() -> list[tuple]:
+    """The shipped real chest CT (ChestImagingPlatform TestInput, 64 x 64 x 50, HU), for ``ct-anatomy``."""
+    from medseg.errors import InputError
+    from medseg.io.registry import read_volume
+    from medseg.viewer.layers import image_layer_data
+
+    if not CHEST_CT.exists():
+        raise InputError("the sample chest CT ships with the medseg source tree, not in this install", CHEST_CT)
+    return [image_layer_data(read_volume(CHEST_CT), name="chest CT")]

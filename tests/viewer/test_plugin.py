@@ -191,7 +191,10 @@ def test_sample_data_is_a_ct_phantom_with_named_ground_truth(plugin):
 
     pm = PluginManager.instance()
     samples = {s.key: s for s in pm.get_manifest("medseg").contributions.sample_data}
-    assert set(samples) == {"phantom_ct", "phantom_ct_labels"}
+    assert set(samples) == {"chest_ct", "phantom_ct", "phantom_ct_labels"}
+    ((chest, ckw, ckind),) = pm.get_command(samples["chest_ct"].command).exec()
+    assert ckind == "image" and chest.ndim == 3 and chest.size == 64 * 64 * 50
+    assert chest.min() <= -900 and chest.max() > 300  # HU: air and bone
     (image, ikw, ikind), (labels, lkw, lkind) = pm.get_command(samples["phantom_ct_labels"].command).exec()
     assert (ikind, lkind) == ("image", "labels")
     assert image.min() <= -900 and ikw["contrast_limits"] == (-160.0, 240.0)
