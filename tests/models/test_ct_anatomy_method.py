@@ -167,6 +167,42 @@ def test_empty_and_partial_fields_of_view():
     assert segment_ct(vol[:, :, :1], np.diag([1.5, 1.5, 4.0, 1.0])).labels.shape == (80, 80, 1)
 
 
+@pytest.mark.parametrize("spacing", [pytest.param((0.5, 0.5, 5.0), marks=pytest.mark.slow), (5.0, 5.0, 5.0)])
+def test_spacing_from_half_a_millimetre_to_five(spacing):
+    hu, affine, truth = torso_phantom(spacing)
+    lab = segment_ct(hu, affine).labels
+    assert dice(lab > 0, truth["body"]) > 0.95
+    assert dice(lab == L.LUNG_RIGHT, truth["lung_r"]) > 0.85
+    assert dice(lab == L.LUNG_LEFT, truth["lung_l"]) > 0.85
+    assert not np.isin(lab[truth["gas"]], [L.LUNG_LEFT, L.LUNG_RIGHT]).any()
+    assert (lab[truth["spine"]] == L.BONE).mean() > 0.8
+
+
+def test_low_dose_noise_metal_and_contrast():
+    """Noise of a low-dose scan (sd 60 HU), a metal implant with streaks, contrast in the aorta."""
+    hu, affine, truth = torso_phantom()
+    rng = np.random.default_rng(3)
+    shape = hu.shape
+    x, y = np.meshgrid(*[(np.arange(n) + 0.5) * s - f / 2 for n, s, f in zip(shape[:2], (2.0, 2.0), (420.0, 360.0))],
+                       indexing="ij")  # fmt: skip
+    aorta = ((x + 25) ** 2 + (y + 25) ** 2) <= 12**2
+    hu[aorta, :] = np.where(truth["body"][aorta, :], 320, hu[aorta, :])  # contrast-enhanced blood
+    metal = ((x - 40) ** 2 + (y + 55) ** 2) <= 5**2  # a pedicle screw beside the spine
+    streaks = (np.abs(y + 55) < 2) & truth["body"][:, :, 0]
+    noisy = hu.astype(np.float32) + rng.normal(0, 60, hu.shape).astype(np.float32)
+    noisy[metal, 40:60] = 3000
+    noisy[streaks, 40:60] -= 400
+    noisy[truth["pad"]] = -3024
+    lab = segment_ct(noisy, affine).labels
+    assert dice(lab > 0, truth["body"]) > 0.95
+    assert dice(lab == L.LUNG_RIGHT, truth["lung_r"]) > 0.9
+    assert dice(lab == L.LUNG_LEFT, truth["lung_l"]) > 0.9
+    assert not np.isin(lab[truth["gas"]], [L.LUNG_LEFT, L.LUNG_RIGHT]).any(), "bowel gas is not lung"
+    assert not (lab[truth["table"]] > 0).any(), "table is not body"
+    assert (lab[truth["spine"]] == L.BONE).mean() > 0.85
+    assert (lab[truth["trachea"]] == L.AIRWAY).mean() > 0.5
+
+
 def test_body_mask_alone(phantom):
     hu, affine, truth, result = phantom
     mask = body_mask(hu, affine)

@@ -79,12 +79,7 @@ def _trachea_tube(air: np.ndarray, body: np.ndarray, mean: np.ndarray, grid: Coa
         return None
     best, best_key = None, (-1, 0.0)
     nz = air.shape[2]
-    bone = (mean >= 150) & body
-    blab, nb = ndi.label(bone, structure=PLANAR_4)  # per-slice bone pieces; a vertebra is >= 2 cm^2
-    if nb:
-        big = np.bincount(blab.ravel()) * pix >= 200.0
-        big[0] = False
-        bone = big[blab]
+    bone = _vertebrae(mean, body, pix)
     for i, sl in enumerate(ndi.find_objects(lab3), start=1):
         length = (sl[2].stop - sl[2].start) * sp[2]
         if length < min(TRACHEA_MIN_MM, nz * sp[2] - 1e-6):
@@ -99,26 +94,45 @@ def _trachea_tube(air: np.ndarray, body: np.ndarray, mean: np.ndarray, grid: Coa
     return None if best is None else lab3 == best
 
 
-def _in_front_of_spine(tube: np.ndarray, bone: np.ndarray, sl, sp) -> bool:
-    """The trachea runs just in front of the vertebral column: on at least half of the tube's slices a
-    vertebra-sized bone piece lies behind its centre, its nearest block 12 to 50 mm back (measured
-    17-44 mm on real chests and necks) and within 30 mm sideways. Gas in the stomach or the colon,
-    anterior in the abdomen, lies further forward; air in the esophagus, pressed against the vertebra,
-    lies closer.
+def _vertebrae(mean: np.ndarray, body: np.ndarray, pix: float) -> np.ndarray:
+    """Coarse bool: per axial slice the largest bone piece (block mean >= 150 HU, >= 2 cm^2), which is the
+    vertebra with its arch; smaller ones (ribs, clavicles, a contrast-filled aorta) are left out."""
+    lab, n = ndi.label((mean >= 150) & body, structure=PLANAR_4)  # pieces never cross slices
+    keep = np.zeros(n + 1, dtype=bool)
+    if n == 0:
+        return keep[lab]
+    area = np.bincount(lab.ravel(), minlength=n + 1) * pix
+    area[0] = 0.0
+    best: dict[int, int] = {}
+    for i, sl in enumerate(ndi.find_objects(lab), start=1):
+        if sl is not None and area[i] >= 200.0 and area[i] > area[best.get(sl[2].start, 0)]:
+            best[sl[2].start] = i
+    keep[list(best.values())] = True
+    return keep[lab]
 
-    ``tube`` is the tube within its bounding box ``sl``; ``bone`` the coarse bone blocks of the scan.
+
+def _in_front_of_spine(tube: np.ndarray, bone: np.ndarray, sl, sp) -> bool:
+    """The trachea runs just in front of the vertebral column. On the tube's slices where the vertebra
+    (the slice's largest bone piece) lies behind it within 30 mm sideways, its nearest block must be
+    12 to 50 mm behind the tube's centre (measured 17-44 mm on real chests and a neck) on at least
+    half of them. Gas in the stomach or the colon, anterior in the abdomen, lies further forward; air
+    in the esophagus, pressed against the vertebra, lies closer. No vertebra under the tube on any of
+    its slices: not the trachea.
+
+    ``tube`` is the tube within its bounding box ``sl``; ``bone`` the coarse vertebrae (:func:`_vertebrae`).
     """
     hits, count = 0, 0
     for k in range(tube.shape[2]):
         ii, jj = np.nonzero(tube[:, :, k])
         if ii.size == 0:
             continue
-        count += 1
         ci, cj = ii.mean() + sl[0].start, jj.mean() + sl[1].start
         bi, bj = np.nonzero(bone[:, :, sl[2].start + k])
         behind = (cj - bj) * sp[1]  # y grows anteriorly: bone behind has a smaller j
         near = (np.abs(bi - ci) * sp[0] <= 30.0) & (behind > 0)
-        hits += bool(near.any()) and 12.0 <= float(behind[near].min()) <= 50.0
+        if near.any():  # the vertebra is under the tube on this slice (elsewhere: a scapula was larger)
+            count += 1
+            hits += 12.0 <= float(behind[near].min()) <= 50.0
     return count > 0 and hits >= 0.5 * count
 
 
