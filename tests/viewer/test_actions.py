@@ -105,3 +105,30 @@ def test_window_presets(ct_layer):
 
     cli_choices = next(p for p in view.params if p.name == "window").type.choices
     assert tuple(cli_choices) == WINDOW_CHOICES  # the CLI lists the presets without importing napari
+
+
+def test_widget_runs_the_default_ct_model_and_refuses_mr(napari_mod):
+    from napari.components import ViewerModel
+
+    from medseg.errors import InputError
+    from medseg.io.registry import read_volume
+    from medseg.models.registry import model_names
+    from medseg.viewer._sample_data import CHEST_CT
+    from medseg.viewer.actions import segment_layer
+    from medseg.viewer.launch import add_layer_data
+    from medseg.viewer.layers import image_layer_data, volume_from_layer
+
+    assert model_names()[0] == "ct-anatomy"  # what the widget's model list shows first
+    viewer = ViewerModel()
+    chest = read_volume(CHEST_CT)
+    (layer,) = add_layer_data(viewer, image_layer_data(chest, name="chest"))
+    (labels,) = add_layer_data(viewer, segment_layer(layer.data, layer.metadata, None, "cpu"))
+    names = list(labels.features["name"])
+    assert names[:4] == ["background", "body", "lung_left", "lung_right"] and "skeletal_muscle" in names
+    back = volume_from_layer(labels.data, labels.metadata)
+    assert back.shape == chest.shape and np.allclose(back.affine, chest.affine)
+    assert {2, 3, 5, 6, 8} <= set(np.unique(back.array).tolist())
+    mr = chest.with_array(np.clip(np.asarray(chest.array, np.float32) + 1024, 0, None) / 10)  # non-negative
+    (mr_layer,) = add_layer_data(viewer, image_layer_data(mr, name="mr-like"))
+    with pytest.raises(InputError, match="needs CT in Hounsfield units"):
+        segment_layer(mr_layer.data, mr_layer.metadata, None, "cpu")
