@@ -68,6 +68,35 @@ _READER_OPTIONS = (
 )
 
 
+_MODEL_OPTIONS = (
+    click.option("--folds", default=None, help="nnU-Net: folds to ensemble, e.g. 0,1 (default: every fold present)."),
+    click.option("--tta/--no-tta", default=True, show_default=True, help="nnU-Net: mirroring test-time augmentation."),
+    click.option(
+        "--step-size", type=float, default=0.5, show_default=True, help="nnU-Net: tile step, a fraction of the patch."
+    ),
+    click.option(
+        "--trust-checkpoint", is_flag=True, help="Unpickle checkpoints that hold more than tensors (runs code in them)."
+    ),
+)
+
+
+def model_options(fn):
+    """Add ``--folds``, ``--tta/--no-tta``, ``--step-size`` and ``--trust-checkpoint``, folded into one
+    kwarg ``model_options`` (a dict for :func:`medseg.models.registry.open_model`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, folds, tta, step_size, trust_checkpoint, **kwargs):
+        from medseg.models.nnunet.folder import parse_folds
+
+        options = {"folds": parse_folds(folds), "tta": tta, "step_size": step_size}
+        options["trust_checkpoint"] = trust_checkpoint
+        return fn(*args, model_options=options, **kwargs)
+
+    for option in reversed(_MODEL_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
+
+
 def reader_options(fn):
     """Add ``--series``, ``--resample-irregular`` and ``--keep-tilt`` to a command, folded into one kwarg.
 
@@ -116,7 +145,12 @@ def main(debug: bool) -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Label file (default: <stem>_seg.nii.gz beside INPUT)."
 )
-@click.option("--model", "model", default=None, help="Model name (see `medseg models`) or ModelSpec .yaml path.")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle or nnU-Net v2 results folder.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
@@ -142,6 +176,7 @@ def main(debug: bool) -> None:
 )
 @click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
 @reader_options
+@model_options
 @handle_errors
 def infer(
     input_path,
@@ -159,6 +194,7 @@ def infer(
     force_modality,
     crop_to_body,
     read_options,
+    model_options,
 ) -> None:
     """Segment INPUT (.nii/.nii.gz, .nrrd, .mha, or a DICOM folder/file) and write labels on its exact grid.
 
@@ -189,6 +225,7 @@ def infer(
             tune_allocator=True,
             force_modality=force_modality,
             crop_to_body=crop_to_body,
+            model_options=model_options,
         )
     click.echo(result.summary_line())
 
@@ -339,7 +376,12 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.argument("input_dir", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder (outputs + ledger).")
 @click.option("--manifest", type=click.Path(path_type=Path), help="CSV with columns id,path instead of INPUT_DIR.")
-@click.option("--model", "model", default=None, help="Model name (see `medseg models`) or ModelSpec .yaml path.")
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle or nnU-Net v2 results folder.",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage per case.")
@@ -366,6 +408,7 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 )
 @click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
 @reader_options
+@model_options
 @handle_errors
 def batch(
     input_dir,
@@ -387,6 +430,7 @@ def batch(
     force_modality,
     crop_to_body,
     read_options,
+    model_options,
 ) -> None:
     """Segment every scan under INPUT_DIR into OUT_DIR, resumably (model loaded once).
 
@@ -443,6 +487,7 @@ def batch(
         tune_allocator=True,
         force_modality=force_modality,
         crop_to_body=crop_to_body,
+        model_options=model_options,
     )
     reporter = make_reporter(quiet)
     # made before discovery: local worker processes start importing torch while the cohort is scanned
@@ -609,7 +654,9 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 
 @main.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "model", default=None, help="Model name, ModelSpec .yaml path or MONAI bundle folder.")
+@click.option(
+    "--model", "model", default=None, help="Model name, ModelSpec .yaml, MONAI bundle or nnU-Net v2 results folder."
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--gpu-memory", default=None, help="GPU budget: 12GB, 24GB, <N>GB or auto (free memory now; the default)."
@@ -623,6 +670,7 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 )
 @click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
 @reader_options
+@model_options
 @handle_errors
 def plan(
     input_path,
@@ -636,6 +684,7 @@ def plan(
     force_modality,
     crop_to_body,
     read_options,
+    model_options,
 ) -> None:
     """Print the plan `medseg infer` would use for INPUT, with predicted peak memory per component.
 
@@ -658,7 +707,9 @@ def plan(
 
     options = CaseOptions(overlap=overlap, read=read_options, force_modality=force_modality, crop_to_body=crop_to_body)
     case = read_case(start_case(input_path, None, options))
-    seg = Segmenter(model, device, gpu_memory, host_memory, trust_bundle, tune_allocator=True)
+    seg = Segmenter(
+        model, device, gpu_memory, host_memory, trust_bundle, tune_allocator=True, model_options=model_options
+    )
     seg.check(case)
     volume = seg.work_volume(case)
     result = seg.plan_case(volume, overlap, strict=False)

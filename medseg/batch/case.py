@@ -42,6 +42,8 @@ class CaseSettings:
     tune_allocator: bool = False
     force_modality: bool = False
     crop_to_body: bool = False
+    #: for an nnU-Net v2 folder: folds, tta, step_size, trust_checkpoint (``open_model``'s ``options``)
+    model_options: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -115,7 +117,12 @@ class CaseProcessor:
 
     @classmethod
     def load(cls, settings: CaseSettings) -> CaseProcessor:
-        segmenter = Segmenter(settings.model, settings.device, tune_allocator=settings.tune_allocator)
+        segmenter = Segmenter(
+            settings.model,
+            settings.device,
+            tune_allocator=settings.tune_allocator,
+            model_options=settings.model_options or None,
+        )
         return cls(segmenter, settings)
 
     def prepare(self, task: CaseTask) -> Case:

@@ -65,7 +65,7 @@ def labels_path_for(out_dir: Path, case_id: str) -> Path:
 
 def settings_key(settings: CaseSettings) -> str:
     """What makes two runs' outputs interchangeable: the model (its weights' sha256) and the options."""
-    model = open_model(settings.model)
+    model = open_model(settings.model, options=settings.model_options or None)
     key = {
         "model": model.name,
         "version": model.version,
@@ -75,6 +75,8 @@ def settings_key(settings: CaseSettings) -> str:
         "overlap": settings.overlap,
         "read": settings.read.to_dict(),
     }
+    if settings.model_options:
+        key["model_options"] = settings.model_options
     return json.dumps(key, sort_keys=True)
 
 

@@ -160,6 +160,7 @@ class Segmenter:
         trust_bundle: evaluate a MONAI bundle's config (runs its code).
         tune_allocator: let each run set glibc's allocator for its windows (the ``infer``, ``plan``
             and ``batch`` commands ask for it; library use and the viewer leave the process alone).
+        model_options: for an nnU-Net v2 folder: ``folds``, ``tta``, ``step_size``, ``trust_checkpoint``.
     """
 
     def __init__(
@@ -170,8 +171,9 @@ class Segmenter:
         host_memory: str | int | None = None,
         trust_bundle: bool = False,
         tune_allocator: bool = False,
+        model_options: dict | None = None,
     ) -> None:
-        self.model = open_model(model, device, trust_bundle).load()
+        self.model = open_model(model, device, trust_bundle, model_options).load()
         self.device = self.model.device
         #: memory budgets in bytes for the planner; None = what is free when planning (``auto``)
         self.gpu_budget = parse_bytes(gpu_memory)
@@ -404,13 +406,15 @@ def infer_file(
     tune_allocator: bool = False,
     force_modality: bool = False,
     crop_to_body: bool = False,
+    model_options: dict | None = None,
 ) -> InferResult:
     """Segment one scan (file or DICOM folder) and write its outputs atomically (nothing is left behind on failure).
 
     ``output_format``: ``nifti`` (label NIfTI), ``dicom-seg`` (DICOM SEG referencing the source
     series), or ``nifti+dicom-seg`` (both). ``gpu_memory``/``host_memory``/``tune_allocator``: see
     :class:`Segmenter`; ignored when ``model`` is a Segmenter. The scan is read before the model
-    is loaded, so a bad input fails at once. ``force_modality``, ``crop_to_body``: see :class:`CaseOptions`.
+    is loaded, so a bad input fails at once. ``force_modality``, ``crop_to_body``: see :class:`CaseOptions`;
+    ``model_options``: see :class:`Segmenter`.
     """
     options = CaseOptions(
         stats,
@@ -427,6 +431,6 @@ def infer_file(
     progress.stage("read")
     read_case(case)
     progress.stage("load model")
-    seg = Segmenter(model, device, gpu_memory, host_memory, trust_bundle, tune_allocator)
+    seg = Segmenter(model, device, gpu_memory, host_memory, trust_bundle, tune_allocator, model_options)
     case.timings["model_load"] = seg.load_seconds
     return seg.process(case, progress)

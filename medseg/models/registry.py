@@ -15,6 +15,7 @@ from medseg.models.base import Model
 from medseg.models.bundle import is_bundle
 from medseg.models.ct_anatomy.model import CtAnatomyModel
 from medseg.models.monai import BundleModel, MonaiModel
+from medseg.models.nnunet import NnUNetModel, is_nnunet_folder
 from medseg.models.spec import ModelSpec, load_spec
 
 #: models that need no file: name -> class (opened with the device)
@@ -37,17 +38,56 @@ def available_models() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
 
 
+def nnunet_roots() -> list[Path]:
+    """Where ``medseg models`` looks for nnU-Net v2 folders: ``sample_data/models`` and the folders in
+    ``$MEDSEG_NNUNET_MODELS`` (``os.pathsep``-separated, e.g. an ``nnUNet_results`` folder)."""
+    import os
+
+    roots = [project_root() / "sample_data" / "models"]
+    roots += [Path(p).expanduser() for p in os.environ.get("MEDSEG_NNUNET_MODELS", "").split(os.pathsep) if p]
+    return roots
+
+
+def nnunet_models() -> dict[str, Path]:
+    """nnU-Net v2 folders by name: ``<folder>`` for a folder under a root holding one configuration
+    (``sample_data/models/nnunet-phantom``), ``<Dataset>/<Trainer__Plans__conf>`` for the rest."""
+    from medseg.models.nnunet.folder import configuration_folders, is_configuration_folder
+
+    found: dict[str, Path] = {}
+    for root in nnunet_roots():
+        if not root.is_dir():
+            continue
+        for top in sorted(p for p in root.iterdir() if p.is_dir()):
+            if is_configuration_folder(top):
+                configs = [top]
+            else:  # a dataset folder, or a folder of dataset folders (an nnUNet_results)
+                configs = configuration_folders(top)
+                configs += [c for d in sorted(top.iterdir()) if d.is_dir() for c in configuration_folders(d)]
+            if len(configs) == 1:
+                found.setdefault(top.name, configs[0])
+            else:
+                for c in configs:
+                    found.setdefault(f"{c.parent.name}/{c.name}", c)
+    return found
+
+
 def model_names() -> list[str]:
-    """Every model that opens by name: the built-in ones first, then the shipped ModelSpecs."""
-    return [*BUILTIN_MODELS, *(n for n in available_models() if n not in BUILTIN_MODELS)]
+    """Every model that opens by name: the built-in ones first, then the shipped ModelSpecs, then
+    the nnU-Net v2 folders found (:func:`nnunet_models`)."""
+    names = [*BUILTIN_MODELS, *(n for n in available_models() if n not in BUILTIN_MODELS)]
+    return names + [n for n in nnunet_models() if n not in names]
 
 
 def open_model(
-    model: str | Path | ModelSpec | Model | None = None, device: str = "cpu", trust_bundle: bool = False
+    model: str | Path | ModelSpec | Model | None = None,
+    device: str = "cpu",
+    trust_bundle: bool = False,
+    options: dict | None = None,
 ) -> Model:
     """The :class:`Model` for ``model`` on ``device`` (weights not loaded yet: :meth:`Model.load`).
 
     ``trust_bundle`` evaluates a MONAI bundle's config with MONAI's ConfigParser (runs its expressions).
+    ``options`` go to an nnU-Net v2 model: ``folds``, ``tta``, ``step_size``, ``trust_checkpoint``.
     """
     if isinstance(model, Model):
         return model
@@ -59,11 +99,18 @@ def open_model(
     known = available_models()
     if name in known:
         return MonaiModel(load_spec(known[name]), device)
+    nnunet = nnunet_models() if not Path(name).expanduser().exists() else {}
+    if name in nnunet:
+        return NnUNetModel(nnunet[name], device, name=name, **(options or {}))
     path = Path(name).expanduser()
     if path.is_dir():
         if is_bundle(path):
             return BundleModel(path, device, trust=trust_bundle)
-        raise ModelError("is a folder; give a ModelSpec .yaml file or a MONAI bundle folder", path)
+        if is_nnunet_folder(path):
+            return NnUNetModel(path, device, **(options or {}))
+        raise ModelError(
+            "is a folder; give a ModelSpec .yaml file, a MONAI bundle folder or an nnU-Net v2 results folder", path
+        )
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         return MonaiModel(load_spec(path), device)
     names = ", ".join(model_names())

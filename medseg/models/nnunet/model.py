@@ -1,0 +1,420 @@
+"""An nnU-Net v2 results folder behind medseg's model interface, with nnU-Net's own semantics.
+
+The steps follow ``nnunetv2``'s ``nnUNetPredictor`` (version 2.x) one by one, and where nnU-Net has a
+function for a step, that function is called, so the numbers are the reference's:
+
+1. read: the scan's voxels in nnU-Net's axis order (SimpleITK's: ``(c, z, y, x)``, spacing reversed),
+   reoriented to RAS first when the plans' reader is ``NibabelIOWithReorient``;
+2. preprocess: the plans' preprocessor (``DefaultPreprocessor.run_case_npy``): ``transpose_forward``,
+   crop to the non-zero region, CT or z-score normalisation from the plans' intensity properties
+   before resampling, resampling with the plans' functions (separate-z for anisotropic spacing);
+3. network: built by the checkpoint's trainer class (``build_network_architecture``, from the plans'
+   ``architecture``: ``network_class_name``, ``arch_kwargs``, ``_kw_requires_import``; older plans
+   formats through the trainer's own path), deep supervision off;
+4. sliding windows: nnU-Net's tile positions (``compute_steps_for_sliding_window``, step 0.5 by
+   default), its Gaussian (sigma 1/8 of the patch, scaled to 10), zero padding of an image smaller
+   than the patch; mirroring TTA over the checkpoint's allowed axes; folds averaged as logits;
+5. export: ``convert_predicted_logits_to_segmentation_with_correct_shape`` (logits resampled back,
+   separate-z again; argmax, or sigmoid > 0.5 in ``regions_class_order`` for region-based models;
+   uncropped and transposed back); then onto medseg's exact grid (axes reversed back, reorientation
+   undone), so the label file keeps the input's shape, affine and qform/sform codes.
+
+Logits are accumulated in float16 as the reference does on every device (a float32 sum would flip
+near-tied voxels), and nothing is written by nnU-Net's writers: medseg writes the labels.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medseg.errors import ModelError
+from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
+from medseg.models.nnunet.folder import (
+    CHECKPOINT,
+    available_folds,
+    file_sha256,
+    load_checkpoint,
+    parse_name,
+    resolve_folder,
+)
+from medseg.volume import Volume
+
+#: readers of nnU-Net that read voxels in the file's own axis order (what medseg's Volume holds)
+_AXIS_ORDER_READERS = {"SimpleITKIO", "NibabelIO", "Tiff3DIO", None}
+_PALETTE = [
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (220, 190, 255),
+    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0), (255, 215, 180),
+]  # fmt: skip
+
+
+def require_nnunet():
+    """Import nnunetv2, or one line naming the extra that installs it."""
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError as err:
+        raise ModelError(
+            'nnU-Net v2 models need the nnunet extra: pip install torch==2.13.0 -e ".[nnunet]" '
+            f"(pin your torch build in the same command; missing: {err.name})",
+            "nnunetv2",
+        ) from err
+    import nnunetv2
+
+    return nnunetv2
+
+
+def labels_from_dataset_json(dataset: dict, regions_class_order: list[int] | None) -> dict[int, Label]:
+    """medseg labels from nnU-Net's ``labels`` (``name -> value``, or ``name -> [values]`` for regions)."""
+    entries = dict(dataset.get("labels", {}))
+    out: dict[int, Label] = {0: Label("background", (0, 0, 0))}
+    foreground = [(name, value) for name, value in entries.items() if name != "background" and name != "ignore"]
+    if regions_class_order:
+        for i, (name, _) in enumerate(foreground):
+            if i < len(regions_class_order):
+                value = int(regions_class_order[i])
+                out[value] = Label(name, _PALETTE[(value - 1) % len(_PALETTE)])
+        return out
+    for name, value in foreground:
+        value = int(value if not isinstance(value, (list, tuple)) else value[0])
+        out[value] = Label(name, _PALETTE[(value - 1) % len(_PALETTE)])
+    return out
+
+
+class NnUNetModel(Model):
+    """An nnU-Net v2 ``Trainer__Plans__configuration`` folder (or a dataset folder holding one)."""
+
+    family = "nnunet-v2"
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "cpu",
+        folds: list[int | str] | None = None,
+        tta: bool = True,
+        step_size: float = 0.5,
+        trust_checkpoint: bool = False,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.folder = resolve_folder(path)
+        self.plans = json.loads((self.folder / "plans.json").read_text())
+        self.dataset = json.loads((self.folder / "dataset.json").read_text())
+        parts = parse_name(self.folder)
+        self.trainer_folder_name, self.configuration_name = parts["trainer"], parts["configuration"]
+        configurations = self.plans.get("configurations", {})
+        if self.configuration_name not in configurations:
+            known = ", ".join(configurations) or "none"
+            raise ModelError(
+                f"configuration {self.configuration_name!r} is not in plans.json (it has: {known})", self.folder
+            )
+        config = self._configuration()
+        if config.get("previous_stage"):
+            raise ModelError(
+                f"is a cascade stage (previous_stage {config['previous_stage']!r}): cascades are not supported; "
+                "use a 3d_fullres or 2d configuration",
+                self.folder,
+            )
+        present = available_folds(self.folder)
+        if not present:
+            raise ModelError(f"has no fold_*/{CHECKPOINT}", self.folder)
+        wanted = list(folds) if folds else present
+        missing = [f for f in wanted if f not in present]
+        if missing:
+            have = ", ".join(str(f) for f in present)
+            raise ModelError(f"has no fold {', '.join(map(str, missing))} (folds present: {have})", self.folder)
+        if not 0 < float(step_size) <= 1:
+            raise ModelError(f"step size must be in (0, 1], got {step_size}", self.folder)
+        self.folds = wanted
+        self.tta = bool(tta)
+        self.step_size = float(step_size)
+        self.trust_checkpoint = trust_checkpoint
+        self.name = name or f"{self.folder.parent.name}/{self.folder.name}"
+        self.version = str(self.plans.get("plans_name", parts["plans"]))
+        self.description = (
+            f"nnU-Net v2 {self.configuration_name}, {len(self.folds)} fold(s), "
+            f"{'mirroring TTA' if self.tta else 'no TTA'}, step {self.step_size:g}"
+        )
+        self.labels = labels_from_dataset_json(self.dataset, self.dataset.get("regions_class_order"))
+        channels = len(self.dataset.get("channel_names", self.dataset.get("modality", {"0": "?"})))
+        schemes = config.get("normalization_schemes", [])
+        ct = bool(schemes) and all(s == "CTNormalization" for s in schemes)
+        self.accepts = Accepts("CT" if ct else "any", max(1, channels), "HU (nnU-Net CT normalisation)" if ct else "")
+        self.windows = None  # nnU-Net's own tiling runs inside run_algorithm
+        self.device = _resolve_device(device)
+        self.checkpoints: list[dict[str, Any]] = []
+
+    # --- what it is --------------------------------------------------------------------------
+    def _configuration(self) -> dict[str, Any]:
+        """The configuration's dict with ``inherits_from`` resolved (as nnU-Net's PlansManager does)."""
+        configs = self.plans["configurations"]
+        config = dict(configs[self.configuration_name])
+        seen = {self.configuration_name}
+        while "inherits_from" in config:
+            parent = config.pop("inherits_from")
+            if parent in seen or parent not in configs:
+                raise ModelError(f"plans.json: configuration inherits from unknown {parent!r}", self.folder)
+            seen.add(parent)
+            config = {**configs[parent], **config}
+        return config
+
+    def weights_status(self) -> str:
+        return f"folds {','.join(str(f) for f in self.folds)}"
+
+    def weights_digest(self) -> str | None:
+        """sha256 of the folds' checkpoint files (combined), without loading them."""
+        if self.weights_sha256 is None:
+            digests = [file_sha256(self.folder / f"fold_{f}" / CHECKPOINT) for f in self.folds]
+            self.weights_sha256 = digests[0] if len(digests) == 1 else _combined_digest(digests)
+        return self.weights_sha256
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "folder": str(self.folder),
+            "configuration": self.configuration_name,
+            "trainer": self.trainer_name if self._loaded else self.trainer_folder_name,
+            "folds": [str(f) for f in self.folds],
+            "tta": self.tta,
+            "step_size": self.step_size,
+            "checkpoints": self.checkpoints,
+        }
+
+    # --- loading -------------------------------------------------------------------------------
+    def _load(self) -> None:
+        require_nnunet()
+        import torch
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+        self.plans_manager = PlansManager(self.plans)
+        self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
+        self.label_manager = self.plans_manager.get_label_manager(self.dataset)
+        reader = self.plans.get("image_reader_writer")
+        if reader not in _AXIS_ORDER_READERS and reader != "NibabelIOWithReorient":
+            raise ModelError(f"plans.json names the image reader {reader!r}, which medseg does not follow", self.folder)
+        self.reorient = reader == "NibabelIOWithReorient"
+
+        self.states: list[dict[str, torch.Tensor]] = []
+        digests = []
+        for fold in self.folds:
+            path = self.folder / f"fold_{fold}" / CHECKPOINT
+            checkpoint = load_checkpoint(path, self.trust_checkpoint)
+            missing = [k for k in ("network_weights", "trainer_name", "init_args") if k not in checkpoint]
+            if missing:
+                raise ModelError(f"is not an nnU-Net v2 checkpoint (no {', '.join(missing)})", path)
+            if not self.states:
+                self.trainer_name = str(checkpoint["trainer_name"])
+                conf = checkpoint["init_args"].get("configuration", self.configuration_name)
+                if conf != self.configuration_name:
+                    raise ModelError(f"checkpoint is for configuration {conf!r}, the folder says "
+                                     f"{self.configuration_name!r}", path)  # fmt: skip
+                axes = checkpoint.get("inference_allowed_mirroring_axes")
+                self.mirror_axes = tuple(int(a) for a in axes) if axes is not None else None
+            self.states.append(checkpoint["network_weights"])
+            digest = file_sha256(path)
+            digests.append(digest)
+            self.checkpoints.append({"fold": str(fold), "sha256": digest, "bytes": path.stat().st_size})
+            del checkpoint
+        combined = digests[0] if len(digests) == 1 else _combined_digest(digests)
+        self.weights_sha256 = combined
+
+        trainer = _trainer_class(self.trainer_name, self.folder)
+        n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset)
+        n_out = self.label_manager.num_segmentation_heads
+        try:
+            network = trainer.build_network_architecture(
+                self.plans_manager, self.configuration_manager, n_in, n_out, enable_deep_supervision=False
+            )
+        except TypeError:  # trainers with nnU-Net's older signature
+            cm = self.configuration_manager
+            network = trainer.build_network_architecture(
+                cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                n_in, n_out, enable_deep_supervision=False,
+            )  # fmt: skip
+        except (ImportError, AttributeError, KeyError) as err:
+            raise ModelError(f"cannot build the network the plans describe ({err})", self.folder) from err
+        try:
+            network.load_state_dict(self.states[0])
+        except RuntimeError as err:
+            first = str(err).splitlines()[0]
+            raise ModelError(f"fold weights do not fit the planned network ({first})", self.folder) from err
+        self.network = network.to(torch.device(self.device)).eval()
+
+    # --- model space (nnU-Net runs on its own grid inside run_algorithm) -----------------------
+    def model_grid(self, volume: Volume):
+        raise ModelError("runs nnU-Net's own preprocessing; it has no medseg model grid", self.name)
+
+    def prepare(self, volume: Volume):
+        raise ModelError("runs nnU-Net's own preprocessing; it has no medseg model grid", self.name)
+
+    def algorithm_bytes(self, volume: Volume) -> int:
+        """Host peak of one case: the float32 input, the preprocessed copy, the float32 logits on the
+        model grid and nnU-Net's export (logits resampled to the cropped input grid, float32)."""
+        heads = self.label_manager.num_segmentation_heads if self._loaded else len(self.labels)
+        n = int(np.prod(volume.shape))
+        target = self._configuration().get("spacing") or volume.spacing[::-1]
+        src = volume.spacing[::-1]
+        scale = float(np.prod([s / t for s, t in zip(src, target[-3:] if len(target) >= 3 else [src[0], *target])]))
+        model_n = int(n * scale)
+        return int(4 * (2 * n + model_n * (heads + 2) + n * heads + n))
+
+    # --- running -------------------------------------------------------------------------------
+    def run_algorithm(self, volume: Volume, progress) -> AlgorithmOutput:
+        import torch
+        from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        data, spacing, undo = self._to_nnunet(volume)
+        preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
+        pre, _, props = preprocessor.run_case_npy(
+            data, None, {"spacing": spacing}, self.plans_manager, self.configuration_manager, self.dataset
+        )
+        del data
+        timings["nnunet.preprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        logits = self.predict_logits(torch.from_numpy(np.ascontiguousarray(pre)), progress)
+        del pre
+        timings["nnunet.windows"] = time.perf_counter() - t
+        t = time.perf_counter()
+        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+            logits, self.plans_manager, self.configuration_manager, self.label_manager, props,
+            num_threads_torch=torch.get_num_threads(),
+        )  # fmt: skip
+        del logits
+        labels = undo(np.asarray(seg))
+        timings["nnunet.export"] = time.perf_counter() - t
+        dtype = np.uint8 if max(self.labels) < 256 else np.uint16
+        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), [], timings)
+
+    def _to_nnunet(self, volume: Volume):
+        """``(c, z, y, x)`` float32, spacing ``(z, y, x)``, and the map of labels back to ``volume``'s grid."""
+        import nibabel as nib
+
+        array = np.asarray(volume.array)
+        chans = array[..., None] if array.ndim == 3 else array
+        affine = volume.affine
+        ornt = None
+        if self.reorient:  # nnU-Net's NibabelIOWithReorient: closest canonical (RAS) first
+            ornt = nib.orientations.io_orientation(affine)
+            chans = nib.orientations.apply_orientation(chans, ornt)
+            affine = affine @ nib.orientations.inv_ornt_aff(ornt, volume.shape)
+        spacing = [float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0))][::-1]
+        data = np.ascontiguousarray(chans.transpose(3, 2, 1, 0), dtype=np.float32)
+
+        def undo(seg_zyx: np.ndarray) -> np.ndarray:
+            seg = seg_zyx.transpose(2, 1, 0)
+            if ornt is not None:
+                back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
+                seg = nib.orientations.apply_orientation(seg, back)
+            return seg
+
+        return data, spacing, undo
+
+    def predict_logits(self, data, progress=None):
+        """nnU-Net's sliding-window logits on the preprocessed ``(c, z, y, x)`` tensor, folds averaged."""
+        import torch
+
+        total = None
+        for i, state in enumerate(self.states):
+            if i or len(self.states) > 1:
+                self.network.load_state_dict(state)
+            logits = self._sliding_window(data, progress, i, len(self.states))
+            total = logits if total is None else total.add_(logits)  # float16, as the reference sums folds
+        if len(self.states) > 1:
+            total /= len(self.states)
+        return total
+
+    def _sliding_window(self, data, progress, fold_index: int, n_folds: int):
+        import torch
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+        device = torch.device(self.device)
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+        size = padded.shape[1:]
+        slicers = []
+        if len(patch) < len(size):  # 2D configuration: every slice of the first axis
+            steps = compute_steps_for_sliding_window(size[1:], patch, self.step_size)
+            for d in range(size[0]):
+                for sx in steps[0]:
+                    for sy in steps[1]:
+                        slicers.append((slice(None), d, slice(sx, sx + patch[0]), slice(sy, sy + patch[1])))
+        else:
+            steps = compute_steps_for_sliding_window(size, patch, self.step_size)
+            for sx, sy, sz in itertools.product(*steps):
+                slicers.append((slice(None), *(slice(s, s + p) for s, p in zip((sx, sy, sz), patch))))
+        # nnU-Net's own precision: Gaussian, logit and weight sums in float16 (the reference does so on every
+        # device); a float32 sum flips near-tied voxels of a weakly trained model
+        gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16,
+                                    device=torch.device("cpu"))  # fmt: skip
+        heads = self.label_manager.num_segmentation_heads
+        logits = torch.zeros((heads, *size), dtype=torch.float16)
+        weight = torch.zeros(size, dtype=torch.float16)
+        autocast = torch.autocast("cuda", enabled=True) if device.type == "cuda" else _null()
+        with torch.inference_mode(), autocast:
+            for n, sl in enumerate(slicers):
+                window = padded[sl][None].to(device)
+                pred = self._mirror_and_predict(window)[0].to("cpu")
+                pred *= gaussian
+                logits[sl] += pred
+                weight[sl[1:]] += gaussian
+                if progress is not None:
+                    progress.update((fold_index + (n + 1) / len(slicers)) / n_folds)
+        torch.div(logits, weight, out=logits)
+        return logits[(slice(None), *revert[1:])]
+
+    def _mirror_and_predict(self, x):
+        import torch
+
+        prediction = self.network(x)
+        axes = self.mirror_axes if self.tta else None
+        if axes:
+            dims = [a + 2 for a in axes]
+            combos = [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
+            for flip in combos:
+                prediction += torch.flip(self.network(torch.flip(x, flip)), flip)
+            prediction /= len(combos) + 1
+        return prediction
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def _combined_digest(digests: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def _trainer_class(name: str, folder: Path):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    try:
+        return recursive_find_trainer_class_by_name(name)
+    except (RuntimeError, AssertionError) as err:
+        raise ModelError(
+            f"was trained with trainer {name!r}, which nnunetv2 does not have (install the package that defines "
+            "it, or point nnUNet_extTrainer at its folder)",
+            folder,
+        ) from err
