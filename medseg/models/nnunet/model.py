@@ -245,6 +245,8 @@ class NnUNetModel(Model):
             first = str(err).splitlines()[0]
             raise ModelError(f"fold weights do not fit the planned network ({first})", self.folder) from err
         self.network = network.to(torch.device(self.device)).eval()
+        if self.device == "cpu":
+            self.fast_convs = use_onednn_convolutions(self.network)
 
     # --- model space (nnU-Net runs on its own grid inside run_algorithm) -----------------------
     def model_grid(self, volume: Volume):
@@ -372,17 +374,64 @@ class NnUNetModel(Model):
         return logits[(slice(None), *revert[1:])]
 
     def _mirror_and_predict(self, x):
+        """The window's logits, averaged over nnU-Net's mirrorings (same order and sums as the reference);
+        the mirrored copies go through the network together, ``self.tta_batch`` at a time."""
         import torch
 
-        prediction = self.network(x)
         axes = self.mirror_axes if self.tta else None
-        if axes:
-            dims = [a + 2 for a in axes]
-            combos = [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
-            for flip in combos:
-                prediction += torch.flip(self.network(torch.flip(x, flip)), flip)
-            prediction /= len(combos) + 1
+        if not axes:
+            return self.network(x)
+        dims = [a + 2 for a in axes]
+        combos = [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
+        views = [None, *combos]
+        step = max(1, self.tta_batch(x))
+        prediction = None
+        for start in range(0, len(views), step):
+            group = views[start : start + step]
+            batch = torch.cat([x if f is None else torch.flip(x, f) for f in group])
+            out = self.network(batch)
+            for i, f in enumerate(group):
+                one = out[i : i + 1] if f is None else torch.flip(out[i : i + 1], f)
+                prediction = one.clone() if prediction is None else prediction.add_(one)
+        prediction /= len(combos) + 1
         return prediction
+
+    def tta_batch(self, x) -> int:
+        """Mirrored copies per forward pass: all 8 for windows up to 64^3 voxels on the CPU, else 2 (the
+        activations of a batch grow with it)."""
+        voxels = int(np.prod(x.shape[2:]))
+        return 8 if voxels <= 64**3 and self.device == "cpu" else 2
+
+
+def use_onednn_convolutions(network) -> int:
+    """Route the network's 3D/2D convolutions to oneDNN (``torch.mkldnn_convolution``) on the CPU.
+
+    PyTorch sends convolutions with few channels (nnU-Net's first stages of small models) to its
+    reference ``slow_conv3d`` kernel, 5-9x slower than oneDNN's on the same layer (measured on this
+    project's phantom model: 8->8 channels at 48^3, 103 ms against 12.5 ms); the results agree to
+    float32 rounding (2e-6). Returns how many layers were routed.
+    """
+    import types
+
+    import torch
+
+    if not torch.backends.mkldnn.is_available():
+        return 0
+
+    def forward(self, x):
+        if x.device.type == "cpu" and x.dtype == torch.float32 and not isinstance(self.padding, str):
+            if self.padding_mode == "zeros":
+                return torch.mkldnn_convolution(
+                    x.contiguous(), self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
+                )
+        return type(self).forward(self, x)
+
+    n = 0
+    for module in network.modules():
+        if type(module) in (torch.nn.Conv3d, torch.nn.Conv2d):
+            module.forward = types.MethodType(forward, module)
+            n += 1
+    return n
 
 
 class _null:
