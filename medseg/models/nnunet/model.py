@@ -321,7 +321,6 @@ class NnUNetModel(Model):
 
     def predict_logits(self, data, progress=None):
         """nnU-Net's sliding-window logits on the preprocessed ``(c, z, y, x)`` tensor, folds averaged."""
-        import torch
 
         total = None
         for i, state in enumerate(self.states):
