@@ -242,10 +242,9 @@ def models() -> None:
             click.echo(f"{name:18s} invalid: {err}")
             continue
         labels = ", ".join(v.name for v in model.foreground().values())
-        kind = f"{model.spatial_dims}D" if model.has_network else "no network"
         version = f" v{model.version}" if model.version else ""
         default = " (default for CT)" if name == DEFAULT_MODEL else ""
-        click.echo(f"{name:18s} {kind} {model.family}{version}{default} [{model.weights_status()}] {labels}")
+        click.echo(f"{name:18s} {model.kind} {model.family}{version}{default} [{model.weights_status()}] {labels}")
         detail = f"{model.accepts.modality}, {model.accepts.intensity}" if model.accepts.intensity else ""
         for line in (model.description, detail):
             if line:

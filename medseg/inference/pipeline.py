@@ -353,8 +353,9 @@ class Segmenter:
             t = time.perf_counter()
             progress.stage("segment")
             labels = model.run_algorithm(volume, progress)
-            if isinstance(labels, AlgorithmOutput):
-                notes, labels = list(labels.notes), labels.labels
+            if isinstance(labels, AlgorithmOutput):  # its own steps' timings go into the sidecar too
+                notes, steps, labels = list(labels.notes), dict(labels.timings), labels.labels
+                timings.update({k: round(float(v), 4) for k, v in steps.items()})
             timings["inference"] = time.perf_counter() - t
         else:
             t = time.perf_counter()

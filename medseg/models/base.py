@@ -128,6 +128,11 @@ class Model(ABC):
         return self.windows is not None
 
     @property
+    def kind(self) -> str:
+        """A word or two for listings: ``3D``, ``2D`` (network), ``no network``."""
+        return f"{self.spatial_dims}D" if self.has_network else "no network"
+
+    @property
     def out_channels(self) -> int:
         """Scores per voxel the forward step produces (classes, at least 2)."""
         return max(2, max(self.labels, default=0) + 1)

@@ -251,3 +251,27 @@ def test_missing_extra_is_one_line(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ModelError, match=r'nnunet extra: pip install torch==2.13.0 -e "\.\[nnunet\]"'):
         require_nnunet()
+
+
+@pytest.mark.slow
+def test_batch_and_plan_run_an_nnunet_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from medseg.cli import main
+
+    cohort = tmp_path / "cohort"
+    cohort.mkdir()
+    for i, seed in enumerate((9110, 9111)):
+        _scan(cohort / f"case{i}.nii.gz", seed, (3.0, 3.0, 3.0), box_mm=(400.0, 400.0, 45.0))  # air around: CT
+    out = tmp_path / "out"
+    args = ["batch", str(cohort), "-o", str(out), "--model", "nnunet-phantom", "--folds", "1", "--no-tta"]
+    res = CliRunner().invoke(main, [*args, "--workers", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    for i in range(2):
+        labels = nib.load(out / f"case{i}_seg.nii.gz")
+        assert labels.shape == nib.load(cohort / f"case{i}.nii.gz").shape
+        side = json.loads((out / f"case{i}_seg.json").read_text())
+        assert side["model"]["folds"] == ["1"] and side["model"]["tta"] is False
+    res = CliRunner().invoke(main, ["plan", str(cohort / "case0.nii.gz"), "--model", "nnunet-phantom", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.output)["fits"] is True

@@ -135,9 +135,10 @@ class NnUNetModel(Model):
         self.step_size = float(step_size)
         self.trust_checkpoint = trust_checkpoint
         self.name = name or f"{self.folder.parent.name}/{self.folder.name}"
-        self.version = str(self.plans.get("plans_name", parts["plans"]))
+        self.version = ""  # nnU-Net folders carry no version; the sidecar records each checkpoint's sha256
+        self.plans_name = str(self.plans.get("plans_name", parts["plans"]))
         self.description = (
-            f"nnU-Net v2 {self.configuration_name}, {len(self.folds)} fold(s), "
+            f"nnU-Net v2 {self.plans_name} {self.configuration_name} ({self.folder}), {len(self.folds)} fold(s), "
             f"{'mirroring TTA' if self.tta else 'no TTA'}, step {self.step_size:g}"
         )
         self.labels = labels_from_dataset_json(self.dataset, self.dataset.get("regions_class_order"))
@@ -150,6 +151,10 @@ class NnUNetModel(Model):
         self.checkpoints: list[dict[str, Any]] = []
 
     # --- what it is --------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        return f"{len(self._configuration().get('patch_size', [0, 0, 0]))}D nnU-Net"
+
     def _configuration(self) -> dict[str, Any]:
         """The configuration's dict with ``inherits_from`` resolved (as nnU-Net's PlansManager does)."""
         configs = self.plans["configurations"]
