@@ -275,3 +275,28 @@ def test_batch_and_plan_run_an_nnunet_folder(tmp_path):
     res = CliRunner().invoke(main, ["plan", str(cohort / "case0.nii.gz"), "--model", "nnunet-phantom", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output)["fits"] is True
+
+
+@pytest.mark.slow
+def test_old_plans_format_parity(tmp_path):
+    """nnU-Net 2.0-2.2 plans (``UNet_class_name``... instead of ``architecture``), same weights."""
+    folder = tmp_path / "Dataset503_Old" / CONFIG.name
+    shutil.copytree(CONFIG, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    config = plans["configurations"]["3d_fullres"]
+    arch = config.pop("architecture")["arch_kwargs"]
+    features = arch["features_per_stage"]
+    config.update(
+        UNet_class_name="PlainConvUNet",
+        UNet_base_num_features=features[0],
+        unet_max_num_features=features[-1],
+        n_conv_per_stage_encoder=arch["n_conv_per_stage"],
+        n_conv_per_stage_decoder=arch["n_conv_per_stage_decoder"],
+        num_pool_per_axis=[len(arch["strides"]) - 1] * 3,
+        pool_op_kernel_sizes=arch["strides"],
+        conv_kernel_sizes=arch["kernel_sizes"],
+    )
+    assert features == [min(features[0] * 2**i, features[-1]) for i in range(len(features))]
+    (folder / "plans.json").write_text(json.dumps(plans))
+    scan = _scan(tmp_path / "scan.nii.gz", 9109, (3.0, 3.0, 3.0), box_mm=(120.0, 120.0, 90.0))
+    _assert_parity(_reference(folder, scan, tmp_path, (0,), False), _medseg(folder, scan, tmp_path, (0,), False), scan)
