@@ -355,9 +355,9 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 
     names = None
     if model:
-        from medseg.models.registry import resolve_spec
+        from medseg.models.registry import open_model
 
-        names = {k: v for k, v in resolve_spec(model).label_names().items() if k != 0}
+        names = {k: v for k, v in open_model(model).label_names().items() if k != 0}  # any model's labels
     report = run_evaluation(pred, gt, names)
     click.echo(f"{'label':<12} {'dice':>7} {'iou':>7} {'hd95_mm':>8}")
     for name, m in report["per_label"].items():
