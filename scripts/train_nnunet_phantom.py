@@ -27,6 +27,7 @@ Usage (from the repository root):
       --out sample_data/models/nnunet-phantom --work /tmp/nnunet_work \
       --cases 12 --epochs 30 --iterations 30
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,10 +47,16 @@ LABELS = ["background", "body", "lungs", "liver", "spleen", "kidneys", "spine", 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="sample_data/models/nnunet-phantom",
-                   help="where the committed results folder goes (OUT/Dataset501_Phantom/...)")
-    p.add_argument("--work", default="/tmp/nnunet_work",
-                   help="scratch folder: nnUNet_raw, nnUNet_preprocessed, nnUNet_results, phantoms")
+    p.add_argument(
+        "--out",
+        default="sample_data/models/nnunet-phantom",
+        help="where the committed results folder goes (OUT/Dataset501_Phantom/...)",
+    )
+    p.add_argument(
+        "--work",
+        default="/tmp/nnunet_work",
+        help="scratch folder: nnUNet_raw, nnUNet_preprocessed, nnUNet_results, phantoms",
+    )
     p.add_argument("--cases", type=int, default=12, help="number of training phantoms (seeds 2000, 2001, ...)")
     p.add_argument("--epochs", type=int, default=30, help="epochs per fold")
     p.add_argument("--iterations", type=int, default=30, help="training iterations per epoch")
@@ -69,8 +76,11 @@ BATCH_SIZE = 2
 
 def setup_env(work: Path) -> None:
     # nnunetv2.paths reads these at import time, so they must be set before any nnunetv2 import.
-    for name, sub in (("nnUNet_raw", "nnUNet_raw"), ("nnUNet_preprocessed", "nnUNet_preprocessed"),
-                      ("nnUNet_results", "nnUNet_results")):
+    for name, sub in (
+        ("nnUNet_raw", "nnUNet_raw"),
+        ("nnUNet_preprocessed", "nnUNet_preprocessed"),
+        ("nnUNet_results", "nnUNet_results"),
+    ):
         os.environ[name] = str(work / sub)
         (work / sub).mkdir(parents=True, exist_ok=True)
     # one data-augmentation worker + the training process = 2 busy processes on a 2-core box
@@ -88,9 +98,25 @@ def make_raw_dataset(work: Path, n_cases: int) -> None:
     phantoms = work / "phantoms_train"
     if phantoms.exists():
         shutil.rmtree(phantoms)
-    subprocess.run(["medseg", "phantom", str(phantoms), "-n", str(n_cases), "--seed", str(FIRST_SEED),
-                    "--spacing", *TRAIN_SPACING, "--orientation", "RAS", "--no-oblique", "--layout", "flat"],
-                   check=True)
+    subprocess.run(
+        [
+            "medseg",
+            "phantom",
+            str(phantoms),
+            "-n",
+            str(n_cases),
+            "--seed",
+            str(FIRST_SEED),
+            "--spacing",
+            *TRAIN_SPACING,
+            "--orientation",
+            "RAS",
+            "--no-oblique",
+            "--layout",
+            "flat",
+        ],
+        check=True,
+    )
     raw = work / "nnUNet_raw" / DATASET_NAME
     if raw.exists():
         shutil.rmtree(raw)
@@ -121,7 +147,7 @@ def make_raw_dataset(work: Path, n_cases: int) -> None:
         "file_ending": ".nii.gz",
         "name": "Phantom",
         "description": f"medseg synthetic torso CT phantoms, seeds {seeds[0]}..{seeds[-1]}, "
-                       f"spacing {'x'.join(TRAIN_SPACING)} mm, RAS, not oblique",
+        f"spacing {'x'.join(TRAIN_SPACING)} mm, RAS, not oblique",
     }
     (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
 
@@ -147,15 +173,17 @@ def shrink_plans(plans_file: Path) -> dict:
 
 
 def plan_and_preprocess(work: Path) -> None:
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints, plan_experiments, preprocess)
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
 
     extract_fingerprints([DATASET_ID], num_processes=1, check_dataset_integrity=True, clean=True)
     plan_experiments([DATASET_ID])
     pre = work / "nnUNet_preprocessed" / DATASET_NAME
     cfg = shrink_plans(pre / "nnUNetPlans.json")
-    print("edited 3d_fullres:", json.dumps({k: cfg[k] for k in ("patch_size", "batch_size", "spacing")}),
-          json.dumps(cfg["architecture"]["arch_kwargs"]))
+    print(
+        "edited 3d_fullres:",
+        json.dumps({k: cfg[k] for k in ("patch_size", "batch_size", "spacing")}),
+        json.dumps(cfg["architecture"]["arch_kwargs"]),
+    )
     data_dir = pre / cfg["data_identifier"]
     if data_dir.exists():
         shutil.rmtree(data_dir)
@@ -170,13 +198,19 @@ def make_trainer_class(epochs: int, iterations: int):
         """nnUNetTrainer with a short schedule. Network, loss, augmentation, mirroring axes and
         inference are inherited unchanged."""
 
-        def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                     device: torch.device = torch.device("cuda")):
+        def __init__(
+            self,
+            plans: dict,
+            configuration: str,
+            fold: int,
+            dataset_json: dict,
+            device: torch.device = torch.device("cuda"),
+        ):
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = epochs
             self.num_iterations_per_epoch = iterations
             self.num_val_iterations_per_epoch = VAL_ITERATIONS
-            self.save_every = 10 ** 9  # no intermediate checkpoint_latest.pth
+            self.save_every = 10**9  # no intermediate checkpoint_latest.pth
 
     return nnUNetTrainerPhantomCPU
 
@@ -188,11 +222,13 @@ def train_fold(work: Path, fold: int, trainer_cls) -> tuple[Path, float]:
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False  # nnUNetTrainer.__init__ pops this key (see run_training.py)
     dataset_json = json.loads((pre / "dataset.json").read_text())
-    fold_dir = work / "nnUNet_results" / DATASET_NAME / f"{trainer_cls.__name__}__nnUNetPlans__{CONFIG}" / f"fold_{fold}"
+    results = work / "nnUNet_results" / DATASET_NAME / f"{trainer_cls.__name__}__nnUNetPlans__{CONFIG}"
+    fold_dir = results / f"fold_{fold}"
     if fold_dir.exists():
         shutil.rmtree(fold_dir)  # start from scratch, never from an older run's checkpoint
-    trainer = trainer_cls(plans=plans, configuration=CONFIG, fold=fold, dataset_json=dataset_json,
-                          device=torch.device("cpu"))
+    trainer = trainer_cls(
+        plans=plans, configuration=CONFIG, fold=fold, dataset_json=dataset_json, device=torch.device("cpu")
+    )
     t0 = time.time()
     trainer.run_training()  # writes fold_X/checkpoint_final.pth; final validation deliberately skipped
     dt = time.time() - t0
@@ -212,8 +248,7 @@ def export(train_out: Path, out: Path) -> Path:
         if (train_out / f).exists():
             shutil.copyfile(train_out / f, dst / f)
     for fold in FOLDS:
-        ck = torch.load(train_out / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu",
-                        weights_only=False)
+        ck = torch.load(train_out / f"fold_{fold}" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
         # nnUNetPredictor looks the trainer class up by ck['trainer_name'] inside the nnunetv2
         # package (recursive_find_trainer_class_by_name) to call build_network_architecture.
         # nnUNetTrainerPhantomCPU lives in this script, not in nnunetv2, and it only changes the
@@ -237,6 +272,7 @@ def main() -> int:
     out = Path(args.out).resolve()
     setup_env(work)
     import torch
+
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
 
