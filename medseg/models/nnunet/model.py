@@ -290,15 +290,71 @@ class NnUNetModel(Model):
         del pre
         timings["nnunet.windows"] = time.perf_counter() - t
         t = time.perf_counter()
-        seg = convert_predicted_logits_to_segmentation_with_correct_shape(
-            logits, self.plans_manager, self.configuration_manager, self.label_manager, props,
-            num_threads_torch=torch.get_num_threads(),
-        )  # fmt: skip
+        if self._can_stream_export(props):
+            seg = self._streamed_export(logits, props)
+        else:  # nnU-Net's own export (separate-z, regions, 2D, other resampling functions)
+            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, self.plans_manager, self.configuration_manager, self.label_manager, props,
+                num_threads_torch=torch.get_num_threads(),
+            )  # fmt: skip
         del logits
         labels = undo(np.asarray(seg))
         timings["nnunet.export"] = time.perf_counter() - t
         dtype = np.uint8 if max(self.labels) < 256 else np.uint16
         return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), [], timings)
+
+    # --- export ------------------------------------------------------------------------------------
+    def _can_stream_export(self, props: dict) -> bool:
+        """nnU-Net's export is ``resample_data_or_seg_to_shape`` (order 1, no separate z) then argmax:
+        the one case :meth:`_streamed_export` reproduces. Everything else goes to nnU-Net's function."""
+        from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+
+        cm = self.configuration_manager.configuration
+        kwargs = cm.get("resampling_fn_probabilities_kwargs", {})
+        if cm.get("resampling_fn_probabilities") != "resample_data_or_seg_to_shape" or self.label_manager.has_regions:
+            return False
+        if kwargs.get("is_seg", False) or int(kwargs.get("order", 1)) != 1:
+            return False
+        if len(self.configuration_manager.spacing) != 3:
+            return False
+        current = self.configuration_manager.spacing
+        original = [props["spacing"][i] for i in self.plans_manager.transpose_forward]
+        separate, _ = determine_do_sep_z_and_axis(kwargs.get("force_separate_z"), current, original)
+        return not separate
+
+    def _streamed_export(self, logits, props: dict) -> np.ndarray:
+        """nnU-Net's export, slab by slab: the float16 logits resampled linearly to the cropped input grid
+        (``skimage.transform.resize`` order 1, edge mode, as nnU-Net: the same sample positions as
+        ``align_corners=False``), rounded to float16 as nnU-Net stores them, argmax (first maximum),
+        then uncropped and transposed back. Only one slab of resampled logits exists at a time, where
+        nnU-Net holds all classes at full resolution."""
+        import torch
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        out_shape = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
+        heads, n_in = logits.shape[0], logits.shape[1]
+        dtype = torch.uint8 if len(self.label_manager.foreground_labels) < 255 else torch.int16
+        seg = torch.empty(out_shape, dtype=dtype)
+        scale = n_in / out_shape[0]
+        src = ((torch.arange(out_shape[0], dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
+        i0 = src.floor().long().clamp_(max=n_in - 1)
+        i1 = (i0 + 1).clamp_(max=n_in - 1)
+        w = (src - i0).to(torch.float32)
+        plane = heads * out_shape[1] * out_shape[2] * 4
+        step = max(1, min(out_shape[0], (64 << 20) // max(plane, 1)))
+        for a in range(0, out_shape[0], step):
+            b = min(out_shape[0], a + step)
+            lo = logits[:, i0[a:b]].to(torch.float32)
+            hi = logits[:, i1[a:b]].to(torch.float32)
+            slab = torch.lerp(lo, hi, w[a:b].view(1, -1, 1, 1)).permute(1, 0, 2, 3)  # (s, C, y, x)
+            del lo, hi
+            if tuple(slab.shape[2:]) != tuple(out_shape[1:]):
+                slab = torch.nn.functional.interpolate(slab, size=out_shape[1:], mode="bilinear", align_corners=False)
+            seg[a:b] = slab.to(torch.float16).argmax(1).to(dtype)
+            del slab
+        full = np.zeros(props["shape_before_cropping"], dtype=np.uint8 if dtype == torch.uint8 else np.uint16)
+        full = insert_crop_into_image(full, seg.numpy(), props["bbox_used_for_cropping"])
+        return full.transpose(self.plans_manager.transpose_backward)
 
     def _to_nnunet(self, volume: Volume):
         """``(c, z, y, x)`` float32, spacing ``(z, y, x)``, and the map of labels back to ``volume``'s grid."""
