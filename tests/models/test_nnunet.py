@@ -166,7 +166,7 @@ def test_region_based_model_parity(tmp_path):
 def test_shipped_folder_resolves_and_lists(tmp_path):
     from medseg.models.registry import model_names, open_model
 
-    assert resolve_folder(SHIPPED) == CONFIG == resolve_folder(CONFIG)
+    assert resolve_folder(SHIPPED) == CONFIG == resolve_folder(CONFIG) == resolve_folder(SHIPPED.parent)
     assert "nnunet-phantom" in model_names()
     model = open_model("nnunet-phantom", options={"folds": [1], "tta": False})
     assert isinstance(model, NnUNetModel) and model.folds == [1] and not model.tta

@@ -41,11 +41,14 @@ def is_nnunet_folder(path: str | Path) -> bool:
 
 
 def resolve_folder(path: str | Path) -> Path:
-    """The configuration folder for ``path`` (itself, or the single one in a dataset folder)."""
+    """The configuration folder for ``path``: itself, the single one in a dataset folder, or the single
+    one in the dataset folders below ``path``."""
     path = Path(path).expanduser()
     if is_configuration_folder(path):
         return path
     found = configuration_folders(path)
+    if not found and path.is_dir():  # a folder of dataset folders (an nnUNet_results, or a model's wrapper)
+        found = [c for d in sorted(path.iterdir()) if d.is_dir() for c in configuration_folders(d)]
     if len(found) == 1:
         return found[0]
     if not found:
