@@ -49,15 +49,16 @@ class Look:
         return {"looks_like": self.kind, "hu": self.hu, "reason": self.reason}
 
 
-def _sample(array: np.ndarray) -> np.ndarray:
+def regular_sample(array: np.ndarray, max_voxels: int = SAMPLE_VOXELS, dtype=np.float32) -> np.ndarray:
+    """Every n-th voxel along each axis (of the first channel), at most about ``max_voxels`` of them."""
     data = array if array.ndim == 3 else array[..., 0]
-    step = max(1, int(np.ceil((data.size / SAMPLE_VOXELS) ** (1 / 3))))
-    return np.asarray(data[::step, ::step, ::step], dtype=np.float32).ravel()
+    step = max(1, int(np.ceil((data.size / max_voxels) ** (1 / 3))))
+    return np.asarray(data[::step, ::step, ::step], dtype=dtype)
 
 
 def intensity_look(array: np.ndarray) -> Look:
     """What the values alone say (no header)."""
-    values = _sample(array)
+    values = regular_sample(array).ravel()
     values = values[np.isfinite(values)]
     if values.size == 0:
         return Look("unknown", False, "no finite values")

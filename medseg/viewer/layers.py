@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.inference.modality import look_at, regular_sample
 from medseg.viewer.geometry import AXIS_LABELS, DisplayGeometry
 from medseg.volume import Volume
 
@@ -42,15 +43,8 @@ LayerData = tuple[Any, dict[str, Any], str]
 
 
 # -- intensity --------------------------------------------------------------------------------------
-def _sample(array: np.ndarray, max_voxels: int = 2_000_000) -> np.ndarray:
-    step = max(1, int(np.ceil((array.size / max_voxels) ** (1 / 3))))
-    return np.asarray(array[::step, ::step, ::step], dtype=np.float64)
-
-
 def is_ct(volume: Volume) -> bool:
     """CT in HU if the source says CT or the values look like it (:func:`medseg.inference.modality.look_at`)."""
-    from medseg.inference.modality import look_at
-
     return look_at(volume).kind == "CT"
 
 
@@ -64,7 +58,7 @@ def contrast_limits(volume: Volume, window: str = "auto") -> tuple[float, float]
         level, width = CT_WINDOWS[window]
         return level - width / 2.0, level + width / 2.0
     data = volume.array if volume.array.ndim == 3 else volume.array[..., 0]
-    sample = _sample(data)
+    sample = regular_sample(data, 2_000_000, np.float64)
     nonzero = sample[sample != 0]
     low, high = np.percentile(nonzero if nonzero.size > 100 else sample, [0.5, 99.5])
     if high <= low:

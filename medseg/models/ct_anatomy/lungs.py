@@ -94,19 +94,27 @@ def _trachea_tube(air: np.ndarray, body: np.ndarray, mean: np.ndarray, grid: Coa
     return None if best is None else lab3 == best
 
 
+def _largest_piece_per_slice(mask: np.ndarray, pix: float, min_area: float, accept=None):
+    """Per axial slice, the largest in-plane piece of ``mask`` of at least ``min_area`` mm^2 (that
+    ``accept(box)`` allows): ``(labels, {slice: label id}, boxes)``; pieces never cross slices."""
+    lab, n = ndi.label(mask, structure=PLANAR_4)
+    area = np.bincount(lab.ravel(), minlength=n + 1) * pix
+    area[0] = 0.0
+    objs = ndi.find_objects(lab)
+    best: dict[int, int] = {}
+    for i, sl in enumerate(objs, start=1):
+        if sl is None or area[i] < min_area or (accept is not None and not accept(sl)):
+            continue
+        if area[i] > area[best.get(sl[2].start, 0)]:
+            best[sl[2].start] = i
+    return lab, best, objs
+
+
 def _vertebrae(mean: np.ndarray, body: np.ndarray, pix: float) -> np.ndarray:
     """Coarse bool: per axial slice the largest bone piece (block mean >= 150 HU, >= 2 cm^2), which is the
     vertebra with its arch; smaller ones (ribs, clavicles, a contrast-filled aorta) are left out."""
-    lab, n = ndi.label((mean >= 150) & body, structure=PLANAR_4)  # pieces never cross slices
-    keep = np.zeros(n + 1, dtype=bool)
-    if n == 0:
-        return keep[lab]
-    area = np.bincount(lab.ravel(), minlength=n + 1) * pix
-    area[0] = 0.0
-    best: dict[int, int] = {}
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is not None and area[i] >= 200.0 and area[i] > area[best.get(sl[2].start, 0)]:
-            best[sl[2].start] = i
+    lab, best, objs = _largest_piece_per_slice((mean >= 150) & body, pix, 200.0)
+    keep = np.zeros(len(objs) + 1, dtype=bool)
     keep[list(best.values())] = True
     return keep[lab]
 
@@ -204,25 +212,16 @@ def _same_side(a: np.ndarray, b: np.ndarray) -> bool:
 def _spine_x(mean: np.ndarray, body: np.ndarray, sp) -> float | None:
     """Canonical x index of the vertebral column: per slice the largest bone blob (>= 4 cm^2) in the
     posterior half of the body, median over slices; None when under a third of the slices hold one."""
-    bone = (mean >= 200) & body
-    lab, n = ndi.label(bone, structure=PLANAR_4)
-    if n == 0:
-        return None
-    area = np.bincount(lab.ravel()) * sp[0] * sp[1]
-    best: dict[int, tuple[float, float]] = {}
-    for i, sl in enumerate(ndi.find_objects(lab), start=1):
-        if sl is None or area[i] < 400:
-            continue
-        k = sl[2].start
-        rows = np.flatnonzero(body[:, :, k].any(axis=0))
-        if (sl[1].start + sl[1].stop) / 2 > (rows[0] + rows[-1]) / 2:  # anterior half (y grows anteriorly)
-            continue
-        if area[i] > best.get(k, (0.0, 0.0))[0]:
-            best[k] = (area[i], (sl[0].start + sl[0].stop - 1) / 2)
+
+    def posterior(sl) -> bool:  # y grows anteriorly
+        rows = np.flatnonzero(body[:, :, sl[2].start].any(axis=0))
+        return (sl[1].start + sl[1].stop) / 2 <= (rows[0] + rows[-1]) / 2
+
+    _, best, objs = _largest_piece_per_slice((mean >= 200) & body, sp[0] * sp[1], 400.0, posterior)
     slices = int(body.any(axis=(0, 1)).sum())
     if len(best) < max(1, slices // 3):
         return None
-    return float(np.median([x for _, x in best.values()]))
+    return float(np.median([(objs[i - 1][0].start + objs[i - 1][0].stop - 1) / 2 for i in best.values()]))
 
 
 def _midline_x(

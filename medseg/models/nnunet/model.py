@@ -25,6 +25,7 @@ near-tied voxels), and nothing is written by nnU-Net's writers: medseg writes th
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
@@ -172,9 +173,12 @@ class NnUNetModel(Model):
         return f"folds {','.join(str(f) for f in self.folds)}"
 
     def weights_digest(self) -> str | None:
-        """sha256 of the folds' checkpoint files (combined), without loading them."""
-        if self.weights_sha256 is None:
-            digests = [file_sha256(self.folder / f"fold_{f}" / CHECKPOINT) for f in self.folds]
+        """sha256 of the folds' checkpoint files (combined), without loading them; each file is read once."""
+        if not self.checkpoints:
+            for fold in self.folds:
+                path = self.folder / f"fold_{fold}" / CHECKPOINT
+                self.checkpoints.append({"fold": str(fold), "sha256": file_sha256(path), "bytes": path.stat().st_size})
+            digests = [c["sha256"] for c in self.checkpoints]
             self.weights_sha256 = digests[0] if len(digests) == 1 else _combined_digest(digests)
         return self.weights_sha256
 
@@ -206,7 +210,6 @@ class NnUNetModel(Model):
         self.reorient = reader == "NibabelIOWithReorient"
 
         self.states: list[dict[str, torch.Tensor]] = []
-        digests = []
         for fold in self.folds:
             path = self.folder / f"fold_{fold}" / CHECKPOINT
             checkpoint = load_checkpoint(path, self.trust_checkpoint)
@@ -222,12 +225,8 @@ class NnUNetModel(Model):
                 axes = checkpoint.get("inference_allowed_mirroring_axes")
                 self.mirror_axes = tuple(int(a) for a in axes) if axes is not None else None
             self.states.append(checkpoint["network_weights"])
-            digest = file_sha256(path)
-            digests.append(digest)
-            self.checkpoints.append({"fold": str(fold), "sha256": digest, "bytes": path.stat().st_size})
             del checkpoint
-        combined = digests[0] if len(digests) == 1 else _combined_digest(digests)
-        self.weights_sha256 = combined
+        self.weights_digest()  # each fold's sha256 and size, for the sidecar
 
         trainer = _trainer_class(self.trainer_name, self.folder)
         n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset)
@@ -420,7 +419,7 @@ class NnUNetModel(Model):
         heads = self.label_manager.num_segmentation_heads
         logits = torch.zeros((heads, *size), dtype=torch.float16)
         weight = torch.zeros(size, dtype=torch.float16)
-        autocast = torch.autocast("cuda", enabled=True) if device.type == "cuda" else _null()
+        autocast = torch.autocast("cuda", enabled=True) if device.type == "cuda" else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for n, sl in enumerate(slicers):
                 window = padded[sl][None].to(device)
@@ -492,14 +491,6 @@ def use_onednn_convolutions(network) -> int:
             module.forward = types.MethodType(forward, module)
             n += 1
     return n
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _resolve_device(device: str | None) -> str:
