@@ -97,12 +97,17 @@ class NnUNetModel(Model):
         path: str | Path,
         device: str = "cpu",
         folds: list[int | str] | None = None,
-        tta: bool = True,
-        step_size: float = 0.5,
+        tta: bool | None = True,
+        step_size: float | None = 0.5,
         trust_checkpoint: bool = False,
         name: str | None = None,
+        roi_subset: list[str] | None = None,
     ) -> None:
         super().__init__()
+        if roi_subset:
+            raise ModelError("--roi-subset is for TotalSegmentator tasks (--model totalsegmentator:TASK)", path)
+        tta = True if tta is None else tta  # nnU-Net's predictor defaults
+        step_size = 0.5 if step_size is None else step_size
         self.folder = resolve_folder(path)
         self.plans = json.loads((self.folder / "plans.json").read_text())
         self.dataset = json.loads((self.folder / "dataset.json").read_text())
@@ -272,22 +277,33 @@ class NnUNetModel(Model):
 
     # --- running -------------------------------------------------------------------------------
     def run_algorithm(self, volume: Volume, progress) -> AlgorithmOutput:
+        t = time.perf_counter()
+        data, spacing, undo = self._to_nnunet(volume)
+        timings = {"nnunet.read": time.perf_counter() - t}
+        seg = self.segment_array(data, spacing, progress, timings)
+        labels = undo(seg)
+        dtype = np.uint8 if max(self.labels) < 256 else np.uint16
+        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), [], timings)
+
+    def segment_array(self, data: np.ndarray, spacing, progress=None, timings: dict | None = None) -> np.ndarray:
+        """nnU-Net's prediction for ``data`` (``(c, z, y, x)`` float32 in the reader's axis order, as
+        nnU-Net's readers return it) at ``spacing`` (``(z, y, x)`` mm): labels on the same grid.
+        ``timings`` (a dict) receives the steps' seconds."""
         import torch
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-        timings: dict[str, float] = {}
+        timings = {} if timings is None else timings
         t = time.perf_counter()
-        data, spacing, undo = self._to_nnunet(volume)
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
         pre, _, props = preprocessor.run_case_npy(
-            data, None, {"spacing": spacing}, self.plans_manager, self.configuration_manager, self.dataset
+            data, None, {"spacing": list(spacing)}, self.plans_manager, self.configuration_manager, self.dataset
         )
         del data
-        timings["nnunet.preprocess"] = time.perf_counter() - t
+        timings["nnunet.preprocess"] = timings.get("nnunet.preprocess", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         logits = self.predict_logits(torch.from_numpy(np.ascontiguousarray(pre)), progress)
         del pre
-        timings["nnunet.windows"] = time.perf_counter() - t
+        timings["nnunet.windows"] = timings.get("nnunet.windows", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
         if self._can_stream_export(props):
             seg = self._streamed_export(logits, props)
@@ -297,10 +313,8 @@ class NnUNetModel(Model):
                 num_threads_torch=torch.get_num_threads(),
             )  # fmt: skip
         del logits
-        labels = undo(np.asarray(seg))
-        timings["nnunet.export"] = time.perf_counter() - t
-        dtype = np.uint8 if max(self.labels) < 256 else np.uint16
-        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), [], timings)
+        timings["nnunet.export"] = timings.get("nnunet.export", 0.0) + time.perf_counter() - t
+        return np.asarray(seg)
 
     # --- export ------------------------------------------------------------------------------------
     def _can_stream_export(self, props: dict) -> bool:
@@ -508,13 +522,43 @@ def _combined_digest(digests: list[str]) -> str:
 
 
 def _trainer_class(name: str, folder: Path):
+    """nnU-Net's trainer class ``name``, found as ``recursive_find_trainer_class_by_name`` finds it (the
+    modules of ``nnunetv2.training.nnUNetTrainer`` in the same order), except that a module that fails
+    to import is skipped instead of failing the search: nnU-Net imports every trainer module until it
+    finds the class, and one broken optional dependency of an unrelated trainer (torchvision beside a
+    CPU-only torch build: "operator torchvision::nms does not exist") would otherwise make every
+    trainer after it, ``nnUNetTrainerNoMirroring`` among them, impossible to load."""
+    import importlib
+    import pkgutil
+
+    import nnunetv2.training.nnUNetTrainer as package
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    try:
+    try:  # nnU-Net's own search first (it also looks in external trainer folders)
         return recursive_find_trainer_class_by_name(name)
-    except (RuntimeError, AssertionError) as err:
+    except Exception:  # noqa: BLE001 - not found, or a module on the way failed to import
+        pass
+
+    def search(path: str, prefix: str):
+        modules = list(pkgutil.iter_modules([path]))
+        for info in (m for m in modules if not m.ispkg):
+            try:
+                module = importlib.import_module(f"{prefix}.{info.name}")
+            except Exception:  # noqa: BLE001 - an unrelated trainer module that cannot import here
+                continue
+            if hasattr(module, name):
+                return getattr(module, name)
+        for info in (m for m in modules if m.ispkg):
+            found = search(str(Path(path) / info.name), f"{prefix}.{info.name}")
+            if found is not None:
+                return found
+        return None
+
+    found = search(package.__path__[0], package.__name__)
+    if found is None:
         raise ModelError(
             f"was trained with trainer {name!r}, which nnunetv2 does not have (install the package that defines "
             "it, or point nnUNet_extTrainer at its folder)",
             folder,
-        ) from err
+        )
+    return found
