@@ -70,9 +70,12 @@ _READER_OPTIONS = (
 
 _MODEL_OPTIONS = (
     click.option("--folds", default=None, help="nnU-Net: folds to ensemble, e.g. 0,1 (default: every fold present)."),
-    click.option("--tta/--no-tta", default=True, show_default=True, help="nnU-Net: mirroring test-time augmentation."),
+    click.option("--tta/--no-tta", default=None, help="nnU-Net: mirroring test-time augmentation [default: on]."),
+    click.option("--step-size", type=float, default=None, help="nnU-Net: tile step, a fraction of the patch [0.5]."),
     click.option(
-        "--step-size", type=float, default=0.5, show_default=True, help="nnU-Net: tile step, a fraction of the patch."
+        "--roi-subset",
+        default=None,
+        help="TotalSegmentator: only these structures, e.g. liver,spleen (crops by its coarse model first).",
     ),
     click.option(
         "--trust-checkpoint", is_flag=True, help="Unpickle checkpoints that hold more than tensors (runs code in them)."
@@ -81,15 +84,17 @@ _MODEL_OPTIONS = (
 
 
 def model_options(fn):
-    """Add ``--folds``, ``--tta/--no-tta``, ``--step-size`` and ``--trust-checkpoint``, folded into one
-    kwarg ``model_options`` (a dict for :func:`medseg.models.registry.open_model`)."""
+    """Add ``--folds``, ``--tta/--no-tta``, ``--step-size``, ``--roi-subset`` and ``--trust-checkpoint``, folded
+    into one kwarg ``model_options`` (a dict for :func:`medseg.models.registry.open_model`)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, folds, tta, step_size, trust_checkpoint, **kwargs):
+    def wrapper(*args, folds, tta, step_size, roi_subset, trust_checkpoint, **kwargs):
         from medseg.models.nnunet.folder import parse_folds
 
         options = {"folds": parse_folds(folds), "tta": tta, "step_size": step_size}
         options["trust_checkpoint"] = trust_checkpoint
+        if roi_subset:
+            options["roi_subset"] = [name.strip() for name in roi_subset.split(",") if name.strip()]
         return fn(*args, model_options=options, **kwargs)
 
     for option in reversed(_MODEL_OPTIONS):
@@ -149,7 +154,8 @@ def main(debug: bool) -> None:
     "--model",
     "model",
     default=None,
-    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle or nnU-Net v2 results folder.",
+    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle, nnU-Net v2 results folder or "
+    "totalsegmentator:TASK.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
@@ -175,6 +181,7 @@ def main(debug: bool) -> None:
     "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
 )
 @click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
+@click.option("--split-masks", is_flag=True, help="Also write one mask per structure (<stem>_seg_masks/<name>.nii.gz).")
 @reader_options
 @model_options
 @handle_errors
@@ -193,6 +200,7 @@ def infer(
     trust_bundle,
     force_modality,
     crop_to_body,
+    split_masks,
     read_options,
     model_options,
 ) -> None:
@@ -203,6 +211,7 @@ def infer(
       medseg infer scan.nii.gz --stats --preview           (CT: the weights-free ct-anatomy model)
       medseg infer scan.nii.gz -o labels.nii.gz --model phantom-unet2d --device cpu --crop-to-body
       medseg infer dicom/CT_series/ --format nifti+dicom-seg
+      medseg infer ct.nii.gz --model totalsegmentator:total --roi-subset liver,spleen --split-masks
     """
     from medseg.inference.pipeline import infer_file
     from medseg.progress import Progress
@@ -226,6 +235,7 @@ def infer(
             force_modality=force_modality,
             crop_to_body=crop_to_body,
             model_options=model_options,
+            split_masks=split_masks,
         )
     click.echo(result.summary_line())
 
@@ -241,7 +251,8 @@ def models() -> None:
         except MedsegError as err:
             click.echo(f"{name:18s} invalid: {err}")
             continue
-        labels = ", ".join(v.name for v in model.foreground().values())
+        names = [v.name for v in model.foreground().values()]
+        labels = ", ".join(names if len(names) <= 12 else [*names[:8], f"... ({len(names)} structures)"])
         version = f" v{model.version}" if model.version else ""
         default = " (default for CT)" if name == DEFAULT_MODEL else ""
         click.echo(f"{name:18s} {model.kind} {model.family}{version}{default} [{model.weights_status()}] {labels}")
@@ -379,7 +390,8 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
     "--model",
     "model",
     default=None,
-    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle or nnU-Net v2 results folder.",
+    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle, nnU-Net v2 results folder or "
+    "totalsegmentator:TASK.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
@@ -654,7 +666,10 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 @main.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @click.option(
-    "--model", "model", default=None, help="Model name, ModelSpec .yaml, MONAI bundle or nnU-Net v2 results folder."
+    "--model",
+    "model",
+    default=None,
+    help="Model name, ModelSpec .yaml, MONAI bundle, nnU-Net v2 folder or totalsegmentator:TASK.",
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from medseg.io import IMAGE_SUFFIXES, write_labels
 from medseg.io.atomic import TMP_MARKER, sha256_of, write_text_atomic
 from medseg.io.dicom import DICOM_FILE_SUFFIXES
 from medseg.io.dicom_seg import require_highdicom, write_dicom_seg
+from medseg.io.nifti import write_label_masks
 from medseg.io.preview import write_preview
 from medseg.models.base import Model
 from medseg.postprocess import label_counts as count_labels
@@ -38,7 +40,7 @@ OUTPUT_FORMATS = ("nifti", "dicom-seg", "nifti+dicom-seg")
 #: what medseg appends to a scan's name for its labels: ``scan.nii.gz`` -> ``scan_seg.nii.gz``
 SEG_SUFFIX = "_seg"
 #: output kinds, in the order :func:`write_outputs` writes them (the sidecar is always last)
-OUTPUT_KINDS = ("labels", "dicom_seg", "stats_csv", "stats_json", "preview", "sidecar")
+OUTPUT_KINDS = ("labels", "dicom_seg", "masks", "stats_csv", "stats_json", "preview", "sidecar")
 _STEM_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES + DICOM_FILE_SUFFIXES, key=len, reverse=True))
 
 
@@ -75,13 +77,21 @@ def _outputs_for(labels_path: Path) -> dict[str, Path]:
 
 
 def output_paths(
-    input_path: str | Path, output: str | Path | None = None, output_format: str = "nifti"
+    input_path: str | Path, output: str | Path | None = None, output_format: str = "nifti", split_masks: bool = False
 ) -> dict[str, Path]:
     """Where ``infer`` writes for ``input_path``: labels, DICOM SEG, sidecar, stats and preview paths.
 
     With ``output_format="dicom-seg"`` the output (default ``<stem>_seg.dcm``) is the SEG file;
-    with ``nifti+dicom-seg`` the SEG goes beside the label NIfTI under the same stem.
+    with ``nifti+dicom-seg`` the SEG goes beside the label NIfTI under the same stem. ``split_masks``:
+    a folder ``<stem>_masks`` for one mask per label, beside the labels.
     """
+    paths = _output_paths(input_path, output, output_format)
+    if split_masks:
+        paths["masks"] = paths["sidecar"].with_name(f"{output_stem(paths['sidecar'])}_masks")
+    return paths
+
+
+def _output_paths(input_path: str | Path, output: str | Path | None, output_format: str) -> dict[str, Path]:
     if output_format not in OUTPUT_FORMATS:
         raise MedsegError(f"unknown output format '{output_format}' (choose from {', '.join(OUTPUT_FORMATS)})")
     if output_format == "dicom-seg":
@@ -184,6 +194,10 @@ def write_outputs(
             label_info = {k: (v.name, tuple(v.color), v.code) for k, v in model.foreground().items()}
             written.append(write_dicom_seg(labels, volume, paths["dicom_seg"], label_info, model.name))
             outputs["dicom_seg"] = str(paths["dicom_seg"])
+        if paths.get("masks") is not None:
+            names_by_value = {k: v.name for k, v in model.labels.items()}
+            written.append(write_label_masks(labels, volume, paths["masks"], names_by_value))
+            outputs["masks"] = str(paths["masks"])
         if stats:
             written.append(write_text_atomic(paths["stats_csv"], _stats_csv(rows)))
             written.append(write_text_atomic(paths["stats_json"], json.dumps(rows, indent=2) + "\n"))
@@ -203,6 +217,8 @@ def write_outputs(
         written.append(write_text_atomic(paths["sidecar"], json.dumps(record, indent=2) + "\n"))
     except BaseException:
         for p in written:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
         raise

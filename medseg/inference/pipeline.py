@@ -71,6 +71,7 @@ class CaseOptions:
         force_modality: run a model on a scan that does not look like what it accepts (the
             mismatch is kept in the sidecar as a warning).
         crop_to_body: segment only the body's bounding box (CT; labels outside are background).
+        split_masks: also write one binary mask per label (``<stem>_masks/<name>.nii.gz``).
     """
 
     stats: bool = False
@@ -81,6 +82,7 @@ class CaseOptions:
     statistics: bool = False
     force_modality: bool = False
     crop_to_body: bool = False
+    split_masks: bool = False
 
     def __post_init__(self) -> None:
         if self.output_format not in OUTPUT_FORMATS:
@@ -377,7 +379,7 @@ def start_case(input_path: str | Path, output: str | Path | None = None, options
     """A new case: where its outputs go (an unusable output path fails here, before any work)."""
     options = options or CaseOptions()
     input_path = Path(input_path)
-    return Case(input_path, output_paths(input_path, output, options.output_format), options)
+    return Case(input_path, output_paths(input_path, output, options.output_format, options.split_masks), options)
 
 
 def read_case(case: Case) -> Case:
@@ -408,6 +410,7 @@ def infer_file(
     force_modality: bool = False,
     crop_to_body: bool = False,
     model_options: dict | None = None,
+    split_masks: bool = False,
 ) -> InferResult:
     """Segment one scan (file or DICOM folder) and write its outputs atomically (nothing is left behind on failure).
 
@@ -415,7 +418,7 @@ def infer_file(
     series), or ``nifti+dicom-seg`` (both). ``gpu_memory``/``host_memory``/``tune_allocator``: see
     :class:`Segmenter`; ignored when ``model`` is a Segmenter. The scan is read before the model
     is loaded, so a bad input fails at once. ``force_modality``, ``crop_to_body``: see :class:`CaseOptions`;
-    ``model_options``: see :class:`Segmenter`.
+    ``model_options``: see :class:`Segmenter`. ``split_masks``: also one mask file per label.
     """
     options = CaseOptions(
         stats,
@@ -425,6 +428,7 @@ def infer_file(
         read_options or ReadOptions(),
         force_modality=force_modality,
         crop_to_body=crop_to_body,
+        split_masks=split_masks,
     )
     if isinstance(model, Segmenter):
         return model.run(input_path, output, options, progress)

@@ -200,7 +200,9 @@ def build_dicom_seg(
         label_info: ``{label value: (name, rgb colour or None[, code])}`` for the foreground labels,
             ``code`` a model's own concept ``{"scheme", "value", "meaning"}`` (an anatomical
             structure); without one, a SNOMED CT concept is looked up by name. Segment numbers are
-            the label values, so they must be 1..N.
+            1..N in the order of the label values (the values themselves when they are 1..N; a
+            subset such as TotalSegmentator's ``--roi-subset`` is renumbered, the segment labels
+            keep the names).
     """
     hd = require_highdicom()
     dicom = volume.meta.get("dicom")
@@ -213,8 +215,6 @@ def build_dicom_seg(
     if tuple(labels.shape) != volume.shape:
         raise ValueError(f"labels shape {labels.shape} != image shape {volume.shape}")
     values = sorted(int(k) for k in label_info if int(k) != 0)
-    if values != list(range(1, len(values) + 1)):
-        raise MedsegError(f"DICOM SEG needs labels numbered 1..N, got {values}")
     present = set(np.unique(labels).tolist()) - {0}
     if present - set(values):
         raise MedsegError(f"label values {sorted(present - set(values))} have no name")
@@ -224,7 +224,7 @@ def build_dicom_seg(
         family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
     )
     descriptions = []
-    for value in values:
+    for number, value in enumerate(values, start=1):
         name, color, *coded = label_info[value]
         code = coded[0] if coded else None
         if code:  # the model's own concept for this label
@@ -239,7 +239,7 @@ def build_dicom_seg(
                 kwargs["display_color"] = lab
         descriptions.append(
             hd.seg.SegmentDescription(
-                segment_number=value,
+                segment_number=number,
                 segment_label=str(name)[:64],
                 segmented_property_category=category,
                 segmented_property_type=concept,
@@ -252,6 +252,10 @@ def build_dicom_seg(
         )
     frames = dicom["frames"]
     pixel_array = labels_on_source_frames(labels, volume)
+    if values != list(range(1, len(values) + 1)):  # segment numbers must be 1..N
+        lut = np.zeros(max(values) + 1, dtype=np.uint16 if len(values) > 255 else np.uint8)
+        lut[values] = np.arange(1, len(values) + 1)
+        pixel_array = lut[pixel_array]
     if pixel_array.dtype.itemsize > 2 or pixel_array.dtype.kind not in "u":
         pixel_array = pixel_array.astype(np.uint16 if len(values) > 255 else np.uint8)
     sources = _source_datasets(dicom, float(volume.spacing[2]))

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from medseg.errors import InputError
-from medseg.io.atomic import atomic_path
+from medseg.io.atomic import TMP_MARKER, atomic_path
 from medseg.volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -145,3 +145,34 @@ def write_labels(labels: np.ndarray, like: Volume, path: str | Path) -> Path:
         raise ValueError(f"labels shape {labels.shape} != image shape {like.shape}")
     dtype = label_dtype(int(labels.max()) if labels.size else 0)
     return write_nifti(like.with_array(labels), path, dtype=dtype, label=True)
+
+
+def write_label_masks(labels: np.ndarray, like: Volume, folder: str | Path, names: dict[int, str]) -> Path:
+    """One binary uint8 mask per named label (``<name>.nii.gz``, empty ones too, as TotalSegmentator
+    writes them) in ``folder``, each on ``like``'s grid. The folder appears whole or not at all: the
+    masks are written into a temporary sibling folder that is then renamed onto ``folder`` (an older
+    ``folder`` is replaced)."""
+    import os
+    import secrets
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f"{folder.name}{TMP_MARKER}{secrets.token_hex(6)}")
+    tmp.mkdir()
+    old = None
+    try:
+        for value, name in sorted(names.items()):
+            if value == 0:
+                continue
+            safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            write_nifti(like.with_array((labels == value).astype(np.uint8)), tmp / f"{safe}.nii.gz", label=True)
+        if folder.exists():
+            old = folder.with_name(f"{folder.name}{TMP_MARKER}old-{secrets.token_hex(6)}")
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder

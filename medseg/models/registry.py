@@ -17,6 +17,8 @@ from medseg.models.ct_anatomy.model import CtAnatomyModel
 from medseg.models.monai import BundleModel, MonaiModel
 from medseg.models.nnunet import NnUNetModel, is_nnunet_folder
 from medseg.models.spec import ModelSpec, load_spec
+from medseg.models.totalsegmentator import PREFIX as TOTALSEG_PREFIX
+from medseg.models.totalsegmentator import TotalSegmentatorModel, available_tasks
 
 #: models that need no file: name -> class (opened with the device)
 BUILTIN_MODELS: dict[str, type[Model]] = {"ct-anatomy": CtAnatomyModel}
@@ -73,9 +75,10 @@ def nnunet_models() -> dict[str, Path]:
 
 def model_names() -> list[str]:
     """Every model that opens by name: the built-in ones first, then the shipped ModelSpecs, then
-    the nnU-Net v2 folders found (:func:`nnunet_models`)."""
+    the nnU-Net v2 folders found (:func:`nnunet_models`), then the TotalSegmentator tasks whose
+    weights are on this machine (``totalsegmentator:TASK``)."""
     names = [*BUILTIN_MODELS, *(n for n in available_models() if n not in BUILTIN_MODELS)]
-    return names + [n for n in nnunet_models() if n not in names]
+    return names + [n for n in nnunet_models() if n not in names] + available_tasks()
 
 
 def open_model(
@@ -87,13 +90,16 @@ def open_model(
     """The :class:`Model` for ``model`` on ``device`` (weights not loaded yet: :meth:`Model.load`).
 
     ``trust_bundle`` evaluates a MONAI bundle's config with MONAI's ConfigParser (runs its expressions).
-    ``options`` go to an nnU-Net v2 model: ``folds``, ``tta``, ``step_size``, ``trust_checkpoint``.
+    ``options`` go to an nnU-Net v2 model (``folds``, ``tta``, ``step_size``, ``trust_checkpoint``) or a
+    TotalSegmentator task (``totalsegmentator:TASK``; ``roi_subset``, ``trust_checkpoint``).
     """
     if isinstance(model, Model):
         return model
     if isinstance(model, ModelSpec):
         return MonaiModel(model, device)
     name = str(model or DEFAULT_MODEL)
+    if name.startswith(TOTALSEG_PREFIX):
+        return TotalSegmentatorModel(name, device, **(options or {}))
     if name in BUILTIN_MODELS:
         return BUILTIN_MODELS[name](device)
     known = available_models()

@@ -158,6 +158,29 @@ def test_a_models_own_label_code_is_the_segment_concept(tmp_path, ct_folder):
     assert concepts["liver"].CodeValue == "10200004"  # no code given: looked up by name
 
 
+def test_sparse_label_values_become_segments_1_to_n_with_totalsegmentator_codes(tmp_path, ct_folder):
+    """A subset of a big label set (TotalSegmentator's --roi-subset: liver is 5, aorta 52) is renumbered
+    1..N in value order; names and SNOMED codes (TotalSegmentator's own mapping) stay with each segment."""
+    pytest.importorskip("totalsegmentator")
+    import pydicom
+
+    from medseg.models.totalsegmentator import snomed_codes
+
+    codes = snomed_codes()
+    volume = _read(ct_folder)
+    labels = (_labels_for(volume.shape) * np.uint8(0)).astype(np.uint8)
+    ref = _labels_for(volume.shape)
+    labels[ref == 1], labels[ref == 2] = 5, 52
+    info = {5: ("liver", (200, 80, 60), codes["liver"]), 52: ("aorta", (220, 30, 30), codes["aorta"])}
+    path = write_dicom_seg(labels, volume, tmp_path / "seg.dcm", info)
+    back, names = read_dicom_seg(path, like=volume)
+    assert names == {1: "liver", 2: "aorta"}
+    np.testing.assert_array_equal(back.array, np.select([labels == 5, labels == 52], [1, 2], 0))
+    ds = pydicom.dcmread(path)
+    concepts = {s.SegmentLabel: s.SegmentedPropertyTypeCodeSequence[0].CodeValue for s in ds.SegmentSequence}
+    assert concepts == {"liver": codes["liver"]["value"], "aorta": codes["aorta"]["value"]}
+
+
 def test_segment_concepts():
     assert segment_concept("Liver")[1].value == "10200004"
     assert segment_concept("lungs")[1].value == "39607008"
