@@ -306,6 +306,8 @@ class Segmenter:
         model = self.model
         framework = self._framework_host(volume)
         if not model.has_network:
+            if hasattr(model, "set_host_budget"):  # a model that streams its own buffers (nnU-Net's logits)
+                model.set_host_budget(self.host_budget)
             result = plan_without_network(model.algorithm_bytes(volume), framework, self.host_budget)
         else:
             result = plan_memory(

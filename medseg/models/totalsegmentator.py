@@ -362,16 +362,27 @@ class TotalSegmentatorModel(Model):
     def prepare(self, volume: Volume):
         raise ModelError("runs TotalSegmentator's own preprocessing; it has no medseg model grid", self.name)
 
+    def set_host_budget(self, host_bytes: int | None) -> None:
+        """Passed on to each nnU-Net part (they stream their logits in bands when the budget asks)."""
+        for model in self._part_models().values():
+            model.set_host_budget(host_bytes)
+
     def algorithm_bytes(self, volume: Volume) -> int:
-        """Host peak: the scan (float32) and its int32 copy, the canonical and resampled copies (float64
-        during the zoom), then the largest part's nnU-Net run on the resampled grid, and the labels."""
+        """Host peak: the scan, its canonical copy and the resampled grid (float64 during the zoom, then
+        int32), then the largest part's nnU-Net peak (:meth:`NnUNetModel.algorithm_bytes`, its own
+        phases) on the resampled grid beside the merged labels."""
         n = int(np.prod(volume.shape))
-        target = self.resample or list(volume.spacing)
-        m = int(n * float(np.prod([s / t for s, t in zip(volume.spacing, sorted(target))])))
-        parts = self._part_models()
-        heads = max(len(p.labels) for p in parts.values()) if parts else len(self.labels)
-        nnunet = int(4 * (3 * m + m * heads * 0.5 + m * heads))  # input, preprocessed, fp16 logits, export
-        return int(4 * n * 2 + 12 * m + nnunet + 2 * n)
+        import nibabel as nib
+
+        spacing = np.sqrt((np.asarray(volume.affine)[:3, :3] ** 2).sum(axis=0))
+        canonical_axis = nib.orientations.io_orientation(volume.affine)[:, 0].astype(int)
+        target = np.array(self.resample)[canonical_axis] if self.resample is not None else spacing
+        shape = tuple(max(1, int(round(s))) for s in np.array(volume.shape) * spacing / target)
+        m = int(np.prod(shape))
+        grid = Volume(np.broadcast_to(np.float32(0), shape), np.diag([*target, 1.0]))
+        parts = max((p.algorithm_bytes(grid) for p in self._part_models().values()), default=0)
+        steps = 4 * n + 4 * n + 12 * m  # scan (float32), canonical copy, the zoom's float64 output + int32
+        return int(max(steps, 4 * n + parts + m + n))
 
     # --- running -------------------------------------------------------------------------------
     def run_algorithm(self, volume: Volume, progress) -> AlgorithmOutput:

@@ -21,6 +21,12 @@ function for a step, that function is called, so the numbers are the reference's
 
 Logits are accumulated in float16 as the reference does on every device (a float32 sum would flip
 near-tied voxels), and nothing is written by nnU-Net's writers: medseg writes the labels.
+
+Memory: :meth:`NnUNetModel.memory_phases` predicts the host peak of a case from the plans and the scan's
+shape, before any checkpoint is read (the network is built on the meta device and traced); when the
+full float16 logits do not fit the host budget and the export can stream, the windows run in
+first-axis bands (:meth:`NnUNetModel._band_windows`), with labels identical to the full buffer's. On
+CUDA the windows run under float16 autocast, as nnU-Net's predictor does; the logits stay on the host.
 """
 
 from __future__ import annotations
@@ -102,6 +108,8 @@ class NnUNetModel(Model):
         trust_checkpoint: bool = False,
         name: str | None = None,
         roi_subset: list[str] | None = None,
+        stream_slabs: bool | None = None,
+        host_budget: int | None = None,
     ) -> None:
         super().__init__()
         if roi_subset:
@@ -155,6 +163,11 @@ class NnUNetModel(Model):
         self.windows = None  # nnU-Net's own tiling runs inside run_algorithm
         self.device = _resolve_device(device)
         self.checkpoints: list[dict[str, Any]] = []
+        #: logits in first-axis bands (True), the full buffer (False), or by the host budget (None)
+        self.stream_slabs = stream_slabs
+        self.host_budget = None if host_budget is None else int(host_budget)
+        self.memory_notes: list[str] = []
+        self._network_memory = None
 
     # --- what it is --------------------------------------------------------------------------
     @property
@@ -200,19 +213,47 @@ class NnUNetModel(Model):
         }
 
     # --- loading -------------------------------------------------------------------------------
-    def _load(self) -> None:
+    def _managers(self) -> None:
+        """nnU-Net's plans, configuration and label managers (cheap: no checkpoint is read)."""
+        if getattr(self, "plans_manager", None) is not None:
+            return
         require_nnunet()
-        import torch
-        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-        self.plans_manager = PlansManager(self.plans)
-        self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
-        self.label_manager = self.plans_manager.get_label_manager(self.dataset)
         reader = self.plans.get("image_reader_writer")
         if reader not in _AXIS_ORDER_READERS and reader != "NibabelIOWithReorient":
             raise ModelError(f"plans.json names the image reader {reader!r}, which medseg does not follow", self.folder)
         self.reorient = reader == "NibabelIOWithReorient"
+        self.plans_manager = PlansManager(self.plans)
+        self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
+        self.label_manager = self.plans_manager.get_label_manager(self.dataset)
+
+    def _build_network(self, trainer_name: str):
+        """The network the plans describe, built by the trainer class as nnU-Net builds it (deep supervision
+        off), with freshly initialised weights on the current default device."""
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
+        self._managers()
+        trainer = _trainer_class(trainer_name, self.folder)
+        n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset)
+        n_out = self.label_manager.num_segmentation_heads
+        try:
+            return trainer.build_network_architecture(
+                self.plans_manager, self.configuration_manager, n_in, n_out, enable_deep_supervision=False
+            )
+        except TypeError:  # trainers with nnU-Net's older signature
+            cm = self.configuration_manager
+            return trainer.build_network_architecture(
+                cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                n_in, n_out, enable_deep_supervision=False,
+            )  # fmt: skip
+        except (ImportError, AttributeError, KeyError) as err:
+            raise ModelError(f"cannot build the network the plans describe ({err})", self.folder) from err
+
+    def _load(self) -> None:
+        import torch
+
+        self._managers()
 
         self.states: list[dict[str, torch.Tensor]] = []
         for fold in self.folds:
@@ -233,21 +274,7 @@ class NnUNetModel(Model):
             del checkpoint
         self.weights_digest()  # each fold's sha256 and size, for the sidecar
 
-        trainer = _trainer_class(self.trainer_name, self.folder)
-        n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset)
-        n_out = self.label_manager.num_segmentation_heads
-        try:
-            network = trainer.build_network_architecture(
-                self.plans_manager, self.configuration_manager, n_in, n_out, enable_deep_supervision=False
-            )
-        except TypeError:  # trainers with nnU-Net's older signature
-            cm = self.configuration_manager
-            network = trainer.build_network_architecture(
-                cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
-                n_in, n_out, enable_deep_supervision=False,
-            )  # fmt: skip
-        except (ImportError, AttributeError, KeyError) as err:
-            raise ModelError(f"cannot build the network the plans describe ({err})", self.folder) from err
+        network = self._build_network(self.trainer_name)
         try:
             network.load_state_dict(self.states[0])
         except RuntimeError as err:
@@ -264,16 +291,288 @@ class NnUNetModel(Model):
     def prepare(self, volume: Volume):
         raise ModelError("runs nnU-Net's own preprocessing; it has no medseg model grid", self.name)
 
+    # --- memory ------------------------------------------------------------------------------------
+    def set_host_budget(self, host_bytes: int | None) -> None:
+        """The host budget (bytes) that decides, when ``stream_slabs`` is None, whether the logits stream
+        in first-axis bands (:meth:`memory_phases`); None: what is free now."""
+        self.host_budget = None if host_bytes is None else int(host_bytes)
+
     def algorithm_bytes(self, volume: Volume) -> int:
-        """Host peak of one case: the float32 input, the preprocessed copy, the float32 logits on the
-        model grid and nnU-Net's export (logits resampled to the cropped input grid, float32)."""
-        heads = self.label_manager.num_segmentation_heads if self._loaded else len(self.labels)
-        n = int(np.prod(volume.shape))
-        target = self._configuration().get("spacing") or volume.spacing[::-1]
-        src = volume.spacing[::-1]
-        scale = float(np.prod([s / t for s, t in zip(src, target[-3:] if len(target) >= 3 else [src[0], *target])]))
-        model_n = int(n * scale)
-        return int(4 * (2 * n + model_n * (heads + 2) + n * heads + n))
+        """Predicted host peak of one case on this model's device: the largest phase of
+        :meth:`memory_phases` (the sum of that phase's terms of :meth:`memory_breakdown`)."""
+        return max(sum(phase.values()) for phase in self.memory_phases(volume).values())
+
+    def memory_breakdown(self, volume: Volume) -> dict[str, int]:
+        """Every named host term of one case (bytes); see :meth:`memory_phases` for which are alive together.
+
+        ``gpu.*`` terms (CUDA only) are device memory and are in no host phase: the network's weights,
+        their float16 copies autocast caches, and the activations of one window batch traced for
+        float16 (nnU-Net runs its windows under ``torch.autocast("cuda")``, as medseg does); the
+        logits and weight sums stay on the host, as on the CPU.
+        """
+        terms: dict[str, int] = {}
+        for phase in self.memory_phases(volume).values():
+            terms.update(phase)
+        terms.update(self._gpu_terms())
+        return terms
+
+    def memory_phases(self, volume: Volume) -> dict[str, dict[str, int]]:
+        """The host terms alive together in each step of one case, as the code and nnU-Net's functions
+        hold them (the bytes of numpy/torch arrays, counted from the plans and the scan's shape; the
+        non-zero crop is assumed to keep the whole scan, as it does for CT):
+
+        * ``preprocess``: the source scan, its float32 copy in nnU-Net's axis order (``input``, held
+          by :meth:`run_algorithm` until the labels are done), ``run_case_npy``'s own float32 copy,
+          the crop's int8 seg, and ``resample_data_or_seg``'s temporaries (a float64 copy of the
+          data, the float32 output, per channel skimage's float64 output and, for order > 1,
+          scipy's float64 spline coefficients); without resampling, the non-zero mask's
+          ``binary_fill_holes`` temporaries instead;
+        * ``windows``: the preprocessed array and its padded copy (only when padding is needed),
+          the float16 logits and weight sums on the padded grid (a second fold's logits while
+          the sum of the folds is alive), the weights (the network's and each fold's state
+          dict), and one window batch: its input (the mirrored copies, ``tta_batch`` at a time),
+          the network's traced activation peak (:class:`~medseg.inference.tracing.NetworkMemory`
+          on the plans' network, roi = patch size, batch = the TTA batch) and the window's
+          float32 logit sums;
+        * ``export``: the logits and the export: streamed, one slab of resampled logits (float32,
+          its float16 copy and argmax); nnU-Net's own export when :meth:`_can_stream_export`
+          refuses, all classes resampled at the output grid (its float64 copy of the logits, the
+          float16 output, skimage's float64 output per class) then argmax;
+        * ``labels``: the labels uncropped and their contiguous copy.
+
+        When ``stream_slabs`` is True, or None and the full path's peak exceeds the host budget, and
+        the export can stream, the windows run in first-axis bands (:meth:`_band_windows`): the
+        logits term is then one band per fold and the windows and export phases overlap.
+        """
+        g = self._geometry_of_volume(volume)
+        full = self._phases(g, banded=False)
+        self.memory_notes = []
+        if self._use_bands(g, full):
+            return self._phases(g, banded=True)
+        return full
+
+    def _use_bands(self, g: dict, full: dict[str, dict[str, int]]) -> bool:
+        if not g["can_stream"] or len(g["patch"]) != 3:
+            if self.stream_slabs or self._over_budget(full):
+                self.memory_notes = [
+                    "nnU-Net: the logits cannot stream for this scan (nnU-Net's own export: separate-z, "
+                    "regions, 2D or another resampling function); the full logits buffer is used"
+                ]
+            return False
+        if self.stream_slabs is not None:
+            return bool(self.stream_slabs)
+        if self._over_budget(full):
+            self.memory_notes = ["nnU-Net: the full logits do not fit the host budget; they stream in first-axis bands"]
+            return True
+        return False
+
+    def _over_budget(self, phases: dict[str, dict[str, int]]) -> bool:
+        if self.stream_slabs is False:
+            return False
+        budget = self.host_budget
+        if budget is None:
+            from medseg.inference.budget import auto_host_budget
+
+            budget = auto_host_budget()
+        return max(sum(p.values()) for p in phases.values()) > budget
+
+    def _geometry_of_volume(self, volume: Volume) -> dict:
+        """The shapes nnU-Net will see for ``volume`` (before any checkpoint is loaded)."""
+        import nibabel as nib
+
+        self._managers()
+        array = np.asarray(volume.array) if not hasattr(volume.array, "shape") else volume.array
+        shape = tuple(int(s) for s in array.shape[:3])
+        channels = int(array.shape[3]) if len(array.shape) > 3 else 1
+        spacing = [float(s) for s in np.sqrt((np.asarray(volume.affine)[:3, :3] ** 2).sum(axis=0))]
+        if self.reorient:
+            ornt = nib.orientations.io_orientation(volume.affine)
+            out_shape, out_spacing = [0, 0, 0], [0.0, 0.0, 0.0]
+            for axis, target in enumerate(int(a) for a in ornt[:, 0]):  # input axis -> its RAS axis
+                out_shape[target], out_spacing[target] = shape[axis], spacing[axis]
+            shape, spacing = tuple(out_shape), out_spacing
+        source = int(getattr(array, "nbytes", 0))
+        return self._geometry(channels, shape[::-1], spacing[::-1], shape[::-1], source)
+
+    def _geometry(self, channels: int, shape_zyx, spacing_zyx, cropped_t, source_bytes: int) -> dict:
+        """Shapes of one case: ``shape_zyx``/``spacing_zyx`` as nnU-Net's reader returns them, ``cropped_t``
+        the shape after ``transpose_forward`` and the non-zero crop."""
+        from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
+
+        tf = self.plans_manager.transpose_forward
+        spacing_t = [spacing_zyx[i] for i in tf]
+        target = list(self.configuration_manager.spacing)
+        if len(target) < 3:
+            target = [spacing_t[0], *target]
+        model = tuple(int(s) for s in compute_new_shape(cropped_t, spacing_t, target))
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        padded = list(model)
+        for i, p in enumerate(patch):
+            axis = len(model) - len(patch) + i
+            padded[axis] = max(padded[axis], p)
+        return {
+            "channels": channels,
+            "source": int(np.prod(shape_zyx)),
+            "source_bytes": source_bytes,
+            "cropped": tuple(int(s) for s in cropped_t),
+            "model": model,
+            "padded": tuple(padded),
+            "patch": patch,
+            "resampled": tuple(model) != tuple(int(s) for s in cropped_t),
+            "can_stream": self._can_stream_export({"spacing": list(spacing_zyx)}),
+        }
+
+    def _heads(self) -> int:
+        return self.label_manager.num_segmentation_heads
+
+    def _label_itemsize(self) -> int:
+        return 1 if len(self.label_manager.foreground_labels) < 255 else 2
+
+    def _tta_views(self) -> int:
+        if not self.tta:
+            return 1
+        self._managers()
+        axes = (
+            getattr(self, "mirror_axes", None)
+            if self._loaded
+            else tuple(range(len(self.configuration_manager.patch_size)))
+        )
+        return 2 ** len(axes) if axes else 1
+
+    def planned_tta_batch(self) -> int:
+        """Window copies per forward pass, as :meth:`_mirror_and_predict` groups them."""
+        views = self._tta_views()
+        if views == 1:
+            return 1
+        self._managers()
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        return min(views, max(1, self.tta_batch(np.empty((1, 1, *patch), dtype=np.uint8))))
+
+    def network_memory(self):
+        """:class:`~medseg.inference.tracing.NetworkMemory` of the plans' network, built on the meta device
+        (no checkpoint read, no weight memory)."""
+        if self._network_memory is None:
+            import torch
+
+            from medseg.inference.tracing import NetworkMemory
+
+            trainer = self.trainer_name if self._loaded else self.trainer_folder_name
+            with torch.device("meta"):
+                network = self._build_network(trainer)
+            self._network_memory = NetworkMemory(network.eval())
+        return self._network_memory
+
+    def _activation_bytes(self, batch: int, device_kind: str = "cpu") -> int:
+        """The traced activation peak of one forward pass of ``batch`` windows of the patch size."""
+        net = self.network_memory()
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        return net.activations(_in_channels(net.network), patch, batch, device_kind)
+
+    def _gpu_terms(self) -> dict[str, int]:
+        if not str(self.device).startswith("cuda"):
+            return {}
+        import torch
+
+        from medseg.inference.tracing import to_meta, trace_activations
+
+        net = self.network_memory()
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        batch = self.planned_tta_batch()
+        half = to_meta(net.network).half()
+        act, _ = trace_activations(half, (batch, _in_channels(net.network), *patch), "cuda", torch.float16)
+        window = batch * _in_channels(net.network) * int(np.prod(patch)) * 2
+        return {"gpu.weights": net.weights, "gpu.weights_fp16": net.weights // 2, "gpu.activations": act,
+                "gpu.window_batch": window}  # fmt: skip
+
+    def _phases(self, g: dict, banded: bool) -> dict[str, dict[str, int]]:
+        c, heads, on_cpu = g["channels"], self._heads(), str(self.device) == "cpu"
+        n, nc = g["source"], int(np.prod(g["cropped"]))
+        m, mp = int(np.prod(g["model"])), int(np.prod(g["padded"]))
+        patch = int(np.prod(g["patch"]))
+        folds = len(self.folds)
+        resampling = self.configuration_manager.configuration.get("resampling_fn_data_kwargs", {})
+        order = int(resampling.get("order", 3))
+        base = {"scan": g["source_bytes"], "input": 4 * c * n}
+        weights = self.network_memory().weights * (folds + (1 if on_cpu else 0))
+        # preprocessing: run_case_npy's float32 copy, the crop's int8 seg, then the resampling's temporaries
+        if g["resampled"]:
+            # the int8 seg, resample_data_or_seg's float64 copy, skimage's float64 output of one channel,
+            # and for order > 1 scipy's zoom prefilter: the channel padded by 12 voxels (np.pad, edge)
+            # and its spline coefficients, both float64 and alive together
+            padded_channel = int(np.prod([s + 24 for s in g["cropped"]]))
+            transient = nc + 8 * c * nc + 8 * m + (16 * padded_channel if order > 1 else 0)
+        else:  # the non-zero mask: the mask, its inverse and binary_fill_holes' work arrays (bool)
+            transient = nc + 4 * n
+        preprocess = {**base, "weights": weights, "preprocess.copy": 4 * c * n, "preprocess.transient": transient}
+        if g["resampled"]:  # the float32 output, filled channel by channel (else the copy is the output)
+            preprocess["preprocessed"] = 4 * c * m
+        batch = self.planned_tta_batch()
+        window = {
+            # the mirrored copies and their cat (on CUDA they are made on the device: one window on the host)
+            "window.batch": batch * c * patch * 4 * (2 if batch > 1 else 1) if on_cpu else c * patch * 4,
+            # on CUDA the activations are device memory (gpu.*); the host receives one window's logits
+            "window.activations": self._activation_bytes(batch) if on_cpu else heads * patch * 4,
+            # float32 window logits on their way into the float16 sums: ``logits[sl] += pred`` computes in
+            # float32 (a copy of the float16 slice and a float32 result, cast back), or with TTA the running
+            # sum and one flipped copy; and the float16 Gaussian
+            "window.sums": 2 * heads * patch * 4 + 2 * patch,
+        }
+        item = self._label_itemsize()
+        if not banded:
+            logits = {"logits": 2 * heads * mp, "weight_sums": 2 * mp,
+                      "logits.other_fold": 2 * heads * mp if folds > 1 else 0}  # fmt: skip
+            windows = {**base, "weights": weights, "preprocessed": 4 * c * m,
+                       "padded": 4 * c * mp if mp != m else 0, **logits, **window}  # fmt: skip
+            export = {**base, "weights": weights, "logits": 2 * heads * mp, "export.labels": item * nc}
+            if g["can_stream"]:
+                export["export.slab"] = self._slab_bytes(g, heads)
+            else:  # nnU-Net's export: float64 copy, float16 output, one class at a time, then argmax (int64)
+                export["export.resampled"] = 2 * heads * nc
+                export["export.transient"] = max(8 * heads * m + 8 * nc, 8 * nc)
+            return {
+                "preprocess": preprocess,
+                "windows": windows,
+                "export": export,
+                "labels": self._labels_phase(base, weights, n, item),
+            }
+        band = self._band_rows(g)
+        plane = int(np.prod(g["padded"][1:]))
+        # final rows wait in "ready" until a whole export chunk's source rows are final
+        chunk_rows = -(-_export_step(heads, g["cropped"]) * g["model"][0] // g["cropped"][0])
+        ready_rows = min(g["model"][0], band + chunk_rows + 2)
+        logits = {"logits": 2 * heads * band * plane * folds, "weight_sums": 2 * band * plane,
+                  "logits.ready": 2 * heads * ready_rows * int(np.prod(g["model"][1:]))}  # fmt: skip
+        windows = {**base, "weights": weights, "preprocessed": 4 * c * m,
+                   "padded": 4 * c * mp if mp != m else 0, **logits, "export.labels": item * nc, **window}  # fmt: skip
+        export = {**base, "weights": weights, "preprocessed": 4 * c * m,
+                  "padded": 4 * c * mp if mp != m else 0, **logits, "export.labels": item * nc,
+                  "export.slab": self._slab_bytes(g, heads)}  # fmt: skip
+        return {
+            "preprocess": preprocess,
+            "windows": windows,
+            "export": export,
+            "labels": self._labels_phase(base, weights, n, item),
+        }
+
+    @staticmethod
+    def _labels_phase(base: dict, weights: int, n: int, item: int) -> dict[str, int]:
+        return {**base, "weights": weights, "labels.uncropped": item * n, "labels.copy": item * n}
+
+    def _band_rows(self, g: dict) -> int:
+        """First-axis rows of the padded grid alive at once when the windows run in bands: one patch."""
+        return min(g["padded"][0], g["patch"][0])
+
+    def _slab_bytes(self, g: dict, heads: int) -> int:
+        """Peak of one slab of :meth:`_export_slices`: lo, hi and their lerp on the model grid's planes
+        (float32), then the slab at the output grid (float32), its float16 copy and the argmax (int64)."""
+        out = g["cropped"]
+        step = _export_step(heads, out)
+        model_plane = int(np.prod(g["model"][1:]))
+        out_plane = int(np.prod(out[1:]))
+        lerp = 3 * heads * step * model_plane * 4
+        resized = heads * step * out_plane * 4
+        argmax = resized + heads * step * out_plane * 2 + step * out_plane * 8
+        return max(lerp, heads * step * model_plane * 4 + resized, argmax)
 
     # --- running -------------------------------------------------------------------------------
     def run_algorithm(self, volume: Volume, progress) -> AlgorithmOutput:
@@ -283,7 +582,7 @@ class NnUNetModel(Model):
         seg = self.segment_array(data, spacing, progress, timings)
         labels = undo(seg)
         dtype = np.uint8 if max(self.labels) < 256 else np.uint16
-        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), [], timings)
+        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), list(self.memory_notes), timings)
 
     def segment_array(self, data: np.ndarray, spacing, progress=None, timings: dict | None = None) -> np.ndarray:
         """nnU-Net's prediction for ``data`` (``(c, z, y, x)`` float32 in the reader's axis order, as
@@ -294,6 +593,7 @@ class NnUNetModel(Model):
 
         timings = {} if timings is None else timings
         t = time.perf_counter()
+        shape_zyx, channels = tuple(int(n) for n in data.shape[1:]), int(data.shape[0])
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
         pre, _, props = preprocessor.run_case_npy(
             data, None, {"spacing": list(spacing)}, self.plans_manager, self.configuration_manager, self.dataset
@@ -301,6 +601,14 @@ class NnUNetModel(Model):
         del data
         timings["nnunet.preprocess"] = timings.get("nnunet.preprocess", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
+        cropped = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
+        geometry = self._geometry(channels, shape_zyx, list(spacing), cropped, 0)
+        self.memory_notes = []
+        if self._use_bands(geometry, self._phases(geometry, banded=False)):
+            seg = self._band_windows(torch.from_numpy(np.ascontiguousarray(pre)), props, progress)
+            del pre
+            timings["nnunet.windows+export"] = time.perf_counter() - t
+            return np.asarray(seg)
         logits = self.predict_logits(torch.from_numpy(np.ascontiguousarray(pre)), progress)
         del pre
         timings["nnunet.windows"] = timings.get("nnunet.windows", 0.0) + time.perf_counter() - t
@@ -342,32 +650,126 @@ class NnUNetModel(Model):
         then uncropped and transposed back. Only one slab of resampled logits exists at a time, where
         nnU-Net holds all classes at full resolution."""
         import torch
-        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 
         out_shape = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
-        heads, n_in = logits.shape[0], logits.shape[1]
-        dtype = torch.uint8 if len(self.label_manager.foreground_labels) < 255 else torch.int16
-        seg = torch.empty(out_shape, dtype=dtype)
-        scale = n_in / out_shape[0]
-        src = ((torch.arange(out_shape[0], dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
-        i0 = src.floor().long().clamp_(max=n_in - 1)
-        i1 = (i0 + 1).clamp_(max=n_in - 1)
-        w = (src - i0).to(torch.float32)
-        plane = heads * out_shape[1] * out_shape[2] * 4
-        step = max(1, min(out_shape[0], (64 << 20) // max(plane, 1)))
+        heads = logits.shape[0]
+        seg = torch.empty(out_shape, dtype=self._label_dtype())
+        i0, i1, w = _source_rows(logits.shape[1], out_shape[0])
+        step = _export_step(heads, out_shape)
         for a in range(0, out_shape[0], step):
             b = min(out_shape[0], a + step)
-            lo = logits[:, i0[a:b]].to(torch.float32)
-            hi = logits[:, i1[a:b]].to(torch.float32)
-            slab = torch.lerp(lo, hi, w[a:b].view(1, -1, 1, 1)).permute(1, 0, 2, 3)  # (s, C, y, x)
-            del lo, hi
-            if tuple(slab.shape[2:]) != tuple(out_shape[1:]):
-                slab = torch.nn.functional.interpolate(slab, size=out_shape[1:], mode="bilinear", align_corners=False)
-            seg[a:b] = slab.to(torch.float16).argmax(1).to(dtype)
-            del slab
-        full = np.zeros(props["shape_before_cropping"], dtype=np.uint8 if dtype == torch.uint8 else np.uint16)
+            seg[a:b] = self._export_slices(logits, 0, i0[a:b], i1[a:b], w[a:b], out_shape)
+        return self._uncrop(seg, props)
+
+    def _label_dtype(self):
+        import torch
+
+        return torch.uint8 if len(self.label_manager.foreground_labels) < 255 else torch.int16
+
+    def _export_slices(self, rows, offset: int, i0, i1, w, out_shape) -> Any:
+        """Labels of the output slices whose source rows are ``i0``/``i1`` (model-grid rows, ``rows`` holding
+        rows from ``offset`` on) with lerp weights ``w``."""
+        import torch
+
+        lo = rows[:, i0 - offset].to(torch.float32)
+        hi = rows[:, i1 - offset].to(torch.float32)
+        slab = torch.lerp(lo, hi, w.view(1, -1, 1, 1)).permute(1, 0, 2, 3)  # (s, C, y, x)
+        del lo, hi
+        if tuple(slab.shape[2:]) != tuple(out_shape[1:]):
+            slab = torch.nn.functional.interpolate(slab, size=out_shape[1:], mode="bilinear", align_corners=False)
+        return slab.to(torch.float16).argmax(1).to(self._label_dtype())
+
+    def _uncrop(self, seg, props: dict) -> np.ndarray:
+        import torch
+        from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+
+        full = np.zeros(props["shape_before_cropping"], dtype=np.uint8 if seg.dtype == torch.uint8 else np.uint16)
         full = insert_crop_into_image(full, seg.numpy(), props["bbox_used_for_cropping"])
         return full.transpose(self.plans_manager.transpose_backward)
+
+    def _band_windows(self, data, props: dict, progress=None) -> np.ndarray:
+        """The sliding windows and the streamed export interleaved, so that only a band of logits lives.
+
+        The windows run in nnU-Net's order (first-axis start outermost, as ``predict_logits`` runs them),
+        a group of equal first-axis start at a time, every fold on the group before the next; each fold
+        sums into its own band of float16 logits one patch deep, the Gaussian weights into one shared
+        band. Rows before the next group's start are touched by no later window: they are divided by
+        their weights, the folds summed and averaged (all in float16 as :meth:`predict_logits`), cropped
+        to the unpadded image, and each export chunk of :meth:`_streamed_export` whose source rows are
+        all final is exported. Every sum is taken in the same order over the same windows with the same
+        values as the full buffer, and the export slices are the same chunks: the labels are identical.
+        """
+        import torch
+        from acvl_utils.cropping_and_padding.padding import pad_nd_image
+        from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+        device = torch.device(self.device)
+        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
+        padded, revert = pad_nd_image(data, patch, "constant", {"value": 0}, True, None)
+        size = padded.shape[1:]
+        steps = compute_steps_for_sliding_window(size, patch, self.step_size)
+        gaussian = compute_gaussian(patch, sigma_scale=1.0 / 8, value_scaling_factor=10, dtype=torch.float16,
+                                    device=torch.device("cpu"))  # fmt: skip
+        heads, n_folds = self.label_manager.num_segmentation_heads, len(self.states)
+        crop = [slice(int(r.start or 0), int(r.stop)) for r in revert[1:]]
+        n_in = crop[0].stop - crop[0].start
+        out_shape = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
+        i0, i1, w = _source_rows(n_in, out_shape[0])
+        chunk = _export_step(heads, out_shape)
+        seg = torch.empty(out_shape, dtype=self._label_dtype())
+        depth = patch[0]
+        bands = [torch.zeros((heads, depth, *size[1:]), dtype=torch.float16) for _ in range(n_folds)]
+        weight = torch.zeros((depth, *size[1:]), dtype=torch.float16)
+        starts = list(steps[0])
+        total = len(starts) * len(steps[1]) * len(steps[2]) * n_folds
+        done, band_start, ready, ready_start, ready_stop, next_out = 0, starts[0], None, 0, 0, 0
+        autocast = torch.autocast("cuda", enabled=True) if device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            for k, sx in enumerate(starts):
+                shift = sx - band_start
+                for band in bands:
+                    _slide(band, 1, shift)
+                _slide(weight, 0, shift)
+                band_start = sx
+                for f in range(n_folds):
+                    if n_folds > 1:
+                        self.network.load_state_dict(self.states[f])
+                    for sy, sz in itertools.product(steps[1], steps[2]):
+                        sl = (slice(None), slice(sx, sx + patch[0]), slice(sy, sy + patch[1]), slice(sz, sz + patch[2]))
+                        window = padded[sl][None].to(device)
+                        pred = self._mirror_and_predict(window)[0].to("cpu")
+                        pred *= gaussian
+                        bands[f][(slice(None), slice(0, depth), sl[2], sl[3])] += pred
+                        if f == 0:
+                            weight[(slice(0, depth), sl[2], sl[3])] += gaussian
+                        done += 1
+                        if progress is not None:
+                            progress.update(done / total)
+                stop = starts[k + 1] if k + 1 < len(starts) else size[0]
+                lo, hi = max(sx, crop[0].start), min(stop, crop[0].stop)
+                if hi > lo:
+                    final = None
+                    for band in bands:
+                        part = band[:, lo - sx : hi - sx] / weight[lo - sx : hi - sx]
+                        part = part[:, :, crop[1], crop[2]]
+                        final = part if final is None else final.add_(part)
+                    if n_folds > 1:
+                        final /= n_folds
+                    ready = final if ready is None else torch.cat([ready, final], 1)
+                    ready_stop = hi - crop[0].start
+                while next_out < out_shape[0]:
+                    b = min(out_shape[0], next_out + chunk)
+                    if int(i1[b - 1]) >= ready_stop:
+                        break
+                    seg[next_out:b] = self._export_slices(ready, ready_start, i0[next_out:b], i1[next_out:b],
+                                                          w[next_out:b], out_shape)  # fmt: skip
+                    next_out = b
+                    if next_out < out_shape[0]:  # rows no later chunk reads
+                        keep = int(i0[next_out])
+                        ready, ready_start = ready[:, keep - ready_start :], keep
+        if next_out < out_shape[0]:  # a broken invariant, never a user error
+            raise AssertionError(f"band export stopped at slice {next_out} of {out_shape[0]}")
+        return self._uncrop(seg, props)
 
     def _to_nnunet(self, volume: Volume):
         """``(c, z, y, x)`` float32, spacing ``(z, y, x)``, and the map of labels back to ``volume``'s grid."""
@@ -474,6 +876,46 @@ class NnUNetModel(Model):
         activations of a batch grow with it)."""
         voxels = int(np.prod(x.shape[2:]))
         return 8 if voxels <= 64**3 and self.device == "cpu" else 2
+
+
+def _source_rows(n_in: int, n_out: int):
+    """Model-grid rows and lerp weights of each output slice of the first axis (``align_corners=False``)."""
+    import torch
+
+    scale = n_in / n_out
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * scale - 0.5).clamp_(min=0)
+    i0 = src.floor().long().clamp_(max=n_in - 1)
+    i1 = (i0 + 1).clamp_(max=n_in - 1)
+    return i0, i1, (src - i0).to(torch.float32)
+
+
+def _export_step(heads: int, out_shape) -> int:
+    """Output slices per export chunk: about 64 MiB of float32 resampled logits."""
+    plane = heads * int(out_shape[1]) * int(out_shape[2]) * 4
+    return max(1, min(int(out_shape[0]), (64 << 20) // max(plane, 1)))
+
+
+def _slide(band, dim: int, shift: int) -> None:
+    """Move ``band``'s rows along ``dim`` ``shift`` places towards 0, zeros behind (in place)."""
+    if shift <= 0:
+        return
+    length = band.shape[dim]
+    if shift >= length:
+        band.zero_()
+        return
+    kept = band.narrow(dim, shift, length - shift).clone()
+    band.narrow(dim, 0, length - shift).copy_(kept)
+    band.narrow(dim, length - shift, shift).zero_()
+
+
+def _in_channels(network) -> int:
+    """Input channels of a network's first convolution."""
+    import torch
+
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
+            return int(module.in_channels)
+    raise ModelError("the network has no convolution to read its input channels from", type(network).__name__)
 
 
 def use_onednn_convolutions(network) -> int:

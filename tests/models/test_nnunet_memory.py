@@ -1,0 +1,148 @@
+"""nnU-Net v2 folders: the memory planner's terms, and the logits streamed in first-axis bands.
+
+The predicted peak is measured against the process's peak RSS by ``benchmarks/nnunet_memory.py`` (its
+table is in ``benchmarks/README.md``); the slow test here runs one of its rows in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medseg.models.nnunet import NnUNetModel
+from medseg.phantom import make_phantom
+from medseg.volume import Volume
+
+pytest.importorskip("nnunetv2")
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = (
+    ROOT / "sample_data" / "models" / "nnunet-phantom" / "Dataset501_Phantom" / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+)
+
+
+def _phantom(shape_xyz, spacing=(3.0, 3.0, 3.0), seed=9301) -> Volume:
+    """The phantom cropped (or padded with air) around its centre to ``shape_xyz`` voxels."""
+    image, _ = make_phantom(seed, spacing=spacing)
+    src = np.asarray(image.array).astype(np.int16)
+    out = np.full(shape_xyz, -1000, dtype=np.int16)
+    a = [max(0, (s - n) // 2) for s, n in zip(src.shape, shape_xyz)]
+    b = [max(0, (n - s) // 2) for s, n in zip(src.shape, shape_xyz)]
+    size = [min(s, n) for s, n in zip(src.shape, shape_xyz)]
+    out[tuple(slice(o, o + k) for o, k in zip(b, size))] = src[tuple(slice(o, o + k) for o, k in zip(a, size))]
+    return Volume(out, np.diag([*spacing, 1.0]))
+
+
+def test_breakdown_terms_are_named_and_positive_before_load():
+    model = NnUNetModel(CONFIG, folds=[0], tta=False, stream_slabs=False)
+    volume = _phantom((100, 80, 60), spacing=(2.0, 2.0, 2.5))
+    terms = model.memory_breakdown(volume)
+    assert not model._loaded and not hasattr(model, "states")  # planning read no checkpoint
+    for name in ("scan", "input", "preprocess.copy", "preprocess.transient", "preprocessed", "logits",
+                 "weight_sums", "weights", "window.batch", "window.activations", "window.sums",
+                 "export.slab", "export.labels", "labels.uncropped"):  # fmt: skip
+        assert terms[name] > 0, name
+    phases = model.memory_phases(volume)
+    assert model.algorithm_bytes(volume) == max(sum(p.values()) for p in phases.values())
+    for phase in phases.values():  # each phase's terms are the breakdown's
+        assert all(terms[k] == v for k, v in phase.items())
+    # the float16 logits and weight sums on the (padded) model grid
+    model_grid = (50, 53, 67)  # (z, y, x) at 3 mm: 60 x 2.5 / 3, 80 x 2 / 3, 100 x 2 / 3
+    assert terms["logits"] == 2 * 8 * int(np.prod(model_grid))
+    assert terms["weight_sums"] == 2 * int(np.prod(model_grid))
+
+
+@pytest.mark.parametrize("tta, batch", [(False, 1), (True, 8)])
+def test_activation_term_is_the_traced_network(tta, batch):
+    """The network nnU-Net's trainer builds from the plans (real weights here), traced by NetworkMemory at
+    the patch size and the TTA batch: the same bytes as the planner's term (built on the meta device)."""
+    import torch
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from medseg.inference.tracing import NetworkMemory
+    from medseg.models.nnunet.model import _trainer_class
+
+    plans = json.loads((CONFIG / "plans.json").read_text())
+    pm = PlansManager(plans)
+    net = _trainer_class("nnUNetTrainer", CONFIG).build_network_architecture(
+        pm, pm.get_configuration("3d_fullres"), 1, 8, enable_deep_supervision=False
+    )
+    kinds = {type(m) for m in net.modules()}
+    assert {torch.nn.InstanceNorm3d, torch.nn.LeakyReLU, torch.nn.ConvTranspose3d} <= kinds
+    assert not net.decoder.deep_supervision
+    expected = NetworkMemory(net).activations(1, (48, 48, 48), batch, "cpu")
+    model = NnUNetModel(CONFIG, folds=[0], tta=tta)
+    assert model.planned_tta_batch() == batch
+    assert model.memory_breakdown(_phantom((60, 60, 60)))["window.activations"] == expected
+    assert model.network_memory().weights == sum(t.numel() * 4 for t in net.parameters())  # each tensor once
+
+
+def test_predicted_peak_grows_with_the_scan():
+    model = NnUNetModel(CONFIG, folds=[0], tta=False, stream_slabs=False)
+    sizes = [(60, 60, 40), (120, 100, 60), (240, 200, 120)]
+    peaks = [model.algorithm_bytes(_phantom(s, spacing=(1.5, 1.5, 2.0))) for s in sizes]
+    assert peaks[0] < peaks[1] < peaks[2]
+
+
+def test_bands_are_planned_when_the_full_logits_do_not_fit():
+    """A whole-body grid at the model's 3 mm (no resampling: the logits, not preprocessing, set the peak)."""
+    model = NnUNetModel(CONFIG, folds=[0, 1], tta=False)
+    volume = _phantom((170, 170, 300))
+    model.stream_slabs = False
+    full = model.memory_phases(volume)
+    model.stream_slabs = True
+    bands = model.memory_phases(volume)
+    assert bands["windows"]["logits"] < full["windows"]["logits"] / 2
+    # the export's slab (one chunk of resampled logits) is in both: the peak falls by about a tenth here
+    assert max(sum(p.values()) for p in bands.values()) < 0.9 * max(sum(p.values()) for p in full.values())
+    # by budget: streams when the full path's peak exceeds it, not otherwise
+    model.stream_slabs = None
+    model.set_host_budget(max(sum(p.values()) for p in full.values()) - 1)
+    assert model.memory_phases(volume)["windows"]["logits"] == bands["windows"]["logits"]
+    assert "first-axis bands" in model.memory_notes[0]
+    model.set_host_budget(1 << 40)
+    assert model.memory_phases(volume)["windows"]["logits"] == full["windows"]["logits"]
+
+
+def test_separate_z_scans_keep_the_full_buffer_and_say_so():
+    model = NnUNetModel(CONFIG, folds=[0], tta=False, stream_slabs=True)
+    volume = _phantom((100, 90, 20), spacing=(0.8, 0.8, 4.0))  # anisotropic: nnU-Net's own export
+    phases = model.memory_phases(volume)
+    assert "export.resampled" in phases["export"] and "cannot stream" in model.memory_notes[0]
+
+
+@pytest.mark.parametrize("tta, folds", [(False, [0, 1]), (True, [0])])
+def test_band_streaming_labels_equal_the_full_buffer(tta, folds, monkeypatch):
+    """A scan whose first axis takes several window groups and several export chunks (the chunk made small
+    so the bands export part by part): every label equal to the full-buffer run."""
+    from medseg.models.nnunet import model as nnunet_model
+
+    monkeypatch.setattr(nnunet_model, "_export_step", lambda heads, out_shape: 7)
+    volume = _phantom((40, 36, 100), spacing=(2.4, 2.4, 3.0))  # model grid (100, 29, 32): 4 groups of rows
+    model = NnUNetModel(CONFIG, folds=folds, tta=tta).load()
+    model.stream_slabs = False
+    full = model.run_algorithm(volume, None).labels
+    model.stream_slabs = True
+    banded = model.run_algorithm(volume, None)
+    assert len(set(np.unique(full).tolist()) - {0}) >= 3, "the model found too little to compare"
+    assert np.array_equal(full, banded.labels)
+    assert "nnunet.windows+export" in banded.timings
+
+
+@pytest.mark.slow
+def test_predicted_peak_is_within_15_percent_of_the_measured_rss():
+    """The shipped model on a clinical grid, measured in a fresh process (peak RSS during the case)."""
+    row = {"name": "test", "folder": "shipped", "scan": [[300, 240, 100], [0.8, 0.8, 1.5], True], "tta": False,
+           "stream": False}  # fmt: skip
+    script = ROOT / "benchmarks" / "nnunet_memory.py"
+    run = subprocess.run([sys.executable, str(script), "--row", json.dumps(row)], capture_output=True, text=True,
+                         timeout=600, cwd=script.parent)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    ratio = result["predicted_run"] / result["measured_run"]
+    assert 0.85 <= ratio <= 1.15, result
