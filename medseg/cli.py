@@ -33,6 +33,63 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+class MemorySize(click.ParamType):
+    """A memory budget: ``12GB``, ``800MB``, ``24 GiB`` or ``auto``; anything else, or zero, is a usage error."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        from medseg.errors import MedsegError as _Error
+        from medseg.inference.budget import parse_bytes
+
+        if value is None or str(value).strip().lower() == "auto":
+            return value
+        try:
+            size = parse_bytes(value)
+        except _Error as err:
+            self.fail(str(err), param, ctx)
+        if size is None or size <= 0:
+            self.fail(f"{value!r} is not a positive size (use e.g. 12GB, 800MB or auto)", param, ctx)
+        return value
+
+
+class FoldList(click.ParamType):
+    """nnU-Net folds: ``0,1``, ``0 1`` or ``all``; fold numbers are non-negative integers."""
+
+    name = "folds"
+
+    def convert(self, value, param, ctx):
+        import re
+
+        if value is None or not str(value).strip():
+            return None
+        parts = [p for p in re.split(r"[,\s]+", str(value).strip()) if p]
+        bad = [p for p in parts if not (p.isdigit() or p == "all")]
+        if bad:
+            self.fail(f"{', '.join(bad)}: folds are numbers such as 0,1 (or all)", param, ctx)
+        return str(value)
+
+
+def _positive_spacing(ctx, param, value):
+    if value is not None and any(not (v > 0 and v < float("inf")) for v in value):
+        raise click.BadParameter(f"voxel sizes must be positive and finite, got {' '.join(map(str, value))}")
+    return value
+
+
+class FiniteRange(click.FloatRange):
+    """click's FloatRange that also refuses NaN (every comparison with NaN is false, so click lets it pass)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if number != number:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return number
+
+
+OVERLAP = FiniteRange(0.0, 1.0, max_open=True)
+MEMORY = MemorySize()
+
+
 def handle_errors(fn):
     """Turn errors into one line (:func:`medseg.errors.describe_error`) and exit code 1 unless --debug."""
 
@@ -69,9 +126,16 @@ _READER_OPTIONS = (
 
 
 _MODEL_OPTIONS = (
-    click.option("--folds", default=None, help="nnU-Net: folds to ensemble, e.g. 0,1 (default: every fold present)."),
+    click.option(
+        "--folds", type=FoldList(), default=None, help="nnU-Net: folds to ensemble, e.g. 0,1 (default: all present)."
+    ),
     click.option("--tta/--no-tta", default=None, help="nnU-Net: mirroring test-time augmentation [default: on]."),
-    click.option("--step-size", type=float, default=None, help="nnU-Net: tile step, a fraction of the patch [0.5]."),
+    click.option(
+        "--step-size",
+        type=FiniteRange(0.0, 1.0, min_open=True),
+        default=None,
+        help="nnU-Net: tile step, a fraction of the patch, in (0, 1] [0.5].",
+    ),
     click.option(
         "--roi-subset",
         default=None,
@@ -160,7 +224,7 @@ def main(debug: bool) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
-@click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
+@click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary line.")
 @click.option(
     "--format",
@@ -172,10 +236,11 @@ def main(debug: bool) -> None:
 )
 @click.option(
     "--gpu-memory",
+    type=MEMORY,
     default=None,
     help="GPU memory budget for the planner: 12GB, 24GB, <N>GB or auto (free memory now; the default).",
 )
-@click.option("--host-memory", default=None, help="Host RAM budget for the planner, e.g. 6GB (default: available RAM).")
+@click.option("--host-memory", type=MEMORY, default=None, help="Host RAM budget, e.g. 6GB (default: available RAM).")
 @click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
 @click.option(
     "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
@@ -213,9 +278,14 @@ def infer(
       medseg infer dicom/CT_series/ --format nifti+dicom-seg
       medseg infer ct.nii.gz --model totalsegmentator:total --roi-subset liver,spleen --split-masks
     """
+    from medseg.inference.outputs import output_paths
     from medseg.inference.pipeline import infer_file
     from medseg.progress import Progress
 
+    try:  # an unusable output name is a usage error, before anything is read
+        output_paths(input_path, output, output_format, split_masks)
+    except MedsegError as err:
+        raise click.BadParameter(str(err), param_hint="-o/--output") from None
     with Progress(enabled=not quiet) as progress:
         result = infer_file(
             input_path,
@@ -264,10 +334,12 @@ def models() -> None:
 
 @main.command()
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("-n", "--count", default=1, show_default=True, help="Number of phantoms.")
+@click.option("-n", "--count", type=click.IntRange(min=1), default=1, show_default=True, help="Number of phantoms.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the first phantom; the next ones count up.")
 @click.option("--orientation", default=None, help="Voxel axis codes, e.g. RAS or LPS (default: random).")
-@click.option("--spacing", nargs=3, type=float, default=None, help="Voxel size in mm (default: random).")
+@click.option(
+    "--spacing", nargs=3, type=float, default=None, callback=_positive_spacing, help="Voxel size, mm (default: random)."
+)
 @click.option("--oblique/--no-oblique", default=None, help="Rotate the grid 5-20 degrees (default: random).")
 @click.option(
     "--layout",
@@ -309,12 +381,12 @@ def phantom(out_dir, count, seed, orientation, spacing, oblique, layout) -> None
     "--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder with images/ and labels/."
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--batch-size", default=2, show_default=True)
-@click.option("--lr", default=2e-3, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--lr", type=FiniteRange(min=0.0, min_open=True, max=10.0), default=2e-3, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--checkpoint-every", default=100, show_default=True)
-@click.option("--threads", default=None, type=int, help="torch CPU threads.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--no-augment", is_flag=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
 @handle_errors
@@ -396,7 +468,7 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage per case.")
-@click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
+@click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
 @click.option(
     "--workers",
     default="auto",
@@ -409,8 +481,10 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
     "--scheduler", default="local", show_default=True, help="local, dask://HOST:PORT or local-cluster:N (Dask)."
 )
 @click.option("--retry-failed", is_flag=True, help="Retry cases the ledger records as failed.")
-@click.option("--num-parts", default=1, show_default=True, help="Split the cohort into this many parts (SLURM).")
-@click.option("--part-id", default=0, show_default=True, help="Which part (0-based) this run does.")
+@click.option(
+    "--num-parts", type=click.IntRange(min=1), default=1, show_default=True, help="Split the cohort in N parts (SLURM)."
+)
+@click.option("--part-id", type=click.IntRange(min=0), default=0, show_default=True, help="Which part (0-based) runs.")
 @click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable; default *_seg.* *_gt.*).")
 @click.option("--status", "status_dir", type=click.Path(path_type=Path), help="Print the ledger summary of a folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary.")
@@ -463,6 +537,10 @@ def batch(
         raise click.UsageError("give -o OUT_DIR (or --status OUT_DIR)")
     if (input_dir is None) == (manifest is None):
         raise click.UsageError("give either INPUT_DIR or --manifest cases.csv")
+    if part_id >= num_parts:
+        raise click.BadParameter(f"must be in 0..{num_parts - 1} for --num-parts {num_parts}", param_hint="--part-id")
+    if workers != "auto" and not (workers.isdigit() and int(workers) >= 1):
+        raise click.BadParameter(f"expected a number >= 1 or auto, got {workers!r}", param_hint="--workers")
     from medseg.forkserver import surely_cpu, worker_context
     from medseg.inference.host_memory import share_one_heap
 
@@ -673,10 +751,10 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
-    "--gpu-memory", default=None, help="GPU budget: 12GB, 24GB, <N>GB or auto (free memory now; the default)."
+    "--gpu-memory", type=MEMORY, default=None, help="GPU budget: 12GB, 24GB, <N>GB or auto (free now; the default)."
 )
-@click.option("--host-memory", default=None, help="Host RAM budget, e.g. 6GB (default: available RAM).")
-@click.option("--overlap", type=float, default=None, help="Sliding-window overlap (default: the model's).")
+@click.option("--host-memory", type=MEMORY, default=None, help="Host RAM budget, e.g. 6GB (default: available RAM).")
+@click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and predicted peaks as JSON.")
 @click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
 @click.option(
