@@ -322,7 +322,8 @@ class Segmenter:
                 tune_allocator=self.tune_allocator,
             )
         if not result.fits and strict:
-            message = f"{result.message}; {self.budget_note}" if self.budget_note else result.message
+            size = f"the scan is {'x'.join(map(str, volume.shape))} ({np.prod(volume.shape) / 1e6:.1f} M voxels): "
+            message = size + (f"{result.message}; {self.budget_note}" if self.budget_note else result.message)
             if self.gpu_budget is not None or self.host_budget is not None:
                 raise MedsegError(message)
             warnings.warn(message + "; trying the smallest plan", MemoryFallbackWarning, stacklevel=2)

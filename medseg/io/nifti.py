@@ -50,6 +50,7 @@ def read_nifti(path: str | Path) -> Volume:
         raise InputError(f"cannot read the file, it may be truncated or corrupt ({_short(err)})", path) from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(f"is a {type(img).__name__}, not a NIfTI image", path)
+    _check_declared_size(img, path)
     try:
         data = np.asanyarray(img.dataobj)
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
@@ -74,6 +75,37 @@ def read_nifti(path: str | Path) -> Volume:
         "sform_code": int(header["sform_code"]),
     }
     return Volume(np.ascontiguousarray(data), img.affine, meta)
+
+
+#: deflate cannot shrink data by more than about 1032:1, so a .nii.gz can hold at most this many bytes per byte
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_declared_size(img, path: Path) -> None:
+    """A header that declares more voxel bytes than the file can hold is a truncated or corrupt file:
+    refused here, against the file's size, before anything is allocated."""
+    header = img.header
+    shape = [int(s) for s in header.get_data_shape()]
+    if any(s < 0 for s in shape):
+        raise InputError(f"header declares a negative dimension {tuple(shape)}; the file is corrupt", path)
+    need = int(np.prod(shape, dtype=object)) * header.get_data_dtype().itemsize + int(header.get_data_offset())
+    size = path.stat().st_size
+    gz = path.name.lower().endswith(".gz")
+    room = size * _MAX_DEFLATE_RATIO + 4096 if gz else size
+    if need > room:
+        dims = "x".join(map(str, shape))
+        raise InputError(
+            f"is truncated or corrupt: its header declares {dims} {header.get_data_dtype()} voxels "
+            f"({_bytes(need)}) but the file holds {_bytes(size)}{' compressed' if gz else ''}",
+            path,
+        )
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("TB", 1 << 40), ("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _short(err: BaseException) -> str:

@@ -36,6 +36,15 @@ def validate_volume(volume: Volume, path: str | Path) -> None:
             if np.isinf(arr).any():
                 kinds.append("Inf")
             raise InputError(f"contains {bad} {'/'.join(kinds)} voxel(s); fix or mask them first", path)
+        if arr.dtype.itemsize > 4:  # every model computes in float32: a value beyond its range becomes Inf
+            limit = float(np.finfo(np.float32).max)
+            peak = max(abs(float(arr.max())), abs(float(arr.min())))
+            if peak > limit:
+                raise InputError(
+                    f"has values beyond the float32 range (largest magnitude {peak:.3g}); medseg computes in "
+                    "float32, rescale the data first",
+                    path,
+                )
     elif not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
         raise InputError(f"has unsupported voxel type {arr.dtype} (RGB or complex data?)", path)
 

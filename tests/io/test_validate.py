@@ -70,3 +70,27 @@ def test_gzip_of_garbage(tmp_path):
     p = tmp_path / "x.nii.gz"
     p.write_bytes(gzip.compress(b"\x00" * 400))
     _err(p)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_header_that_declares_more_than_the_file_holds(tmp_path, suffix):
+    """30000^3 voxels declared with 1 KB of data: "truncated or corrupt", checked before allocating."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.int16)
+    header.set_data_shape((30000, 30000, 30000))
+    payload = header.binaryblock + bytes(4) + bytes(1024)
+    p = tmp_path / f"liar{suffix}"
+    p.write_bytes(gzip.compress(payload) if suffix.endswith(".gz") else payload)
+    msg = _err(p)
+    assert "truncated or corrupt" in msg and "30000x30000x30000" in msg
+
+
+def test_float64_values_beyond_float32_are_refused(tmp_path):
+    """They would become Inf in the float32 every model computes in (and a silently empty result)."""
+    data = np.zeros((6, 6, 6), np.float64)
+    data[2, 2, 2] = 1e39
+    assert "beyond the float32 range" in _err(save_nifti(tmp_path / "x.nii.gz", data, np.eye(4)))
+    data[2, 2, 2] = 3e38  # still a float32
+    assert read_volume(save_nifti(tmp_path / "ok.nii.gz", data, np.eye(4))).array.max() == 3e38
