@@ -339,8 +339,15 @@ def _series_info(ds, path: Path) -> dict[str, Any]:
     }
     if not info["SeriesInstanceUID"]:
         # no UID: files of one folder with the same series number and description belong together
-        info["SeriesInstanceUID"] = f"no-uid:{path.parent.name}:{info['SeriesNumber']}:{info['SeriesDescription']}"
+        info["SeriesInstanceUID"] = f"no-uid:{path.parent}:{info['SeriesNumber']}:{info['SeriesDescription']}"
     return info
+
+
+#: ImageType values that do not change what an image is, so they never split a stack: GE marks some
+#: slices of a series ``ADD`` (``ORIGINAL\\PRIMARY\\AXIAL\\ADD`` beside ``ORIGINAL\\PRIMARY\\AXIAL``,
+#: same series, geometry and matrix); dcm2niix reads such a series as one volume. Everything else
+#: (localizer, magnitude/phase, derived/secondary, ...) still splits.
+_IMAGE_TYPE_IGNORED = frozenset({"ADD", ""})
 
 
 def _image_type(value) -> tuple[str, ...]:
@@ -348,7 +355,17 @@ def _image_type(value) -> tuple[str, ...]:
         return ()
     if isinstance(value, str):
         value = value.split("\\")
-    return tuple(str(v).strip().upper() for v in value)
+    return tuple(t for t in (str(v).strip().upper() for v in value) if t not in _IMAGE_TYPE_IGNORED)
+
+
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha1()
+    with _open(path) as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
@@ -358,7 +375,7 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         problem = f"is a colour image ({ds.get('PhotometricInterpretation', 'RGB')}); medseg segments greyscale volumes"
     instance = _int(ds.get("InstanceNumber"), 0)
-    sop_uid = str(ds.get("SOPInstanceUID", path.name))
+    sop_uid = str(ds.get("SOPInstanceUID", "") or "")  # empty when an anonymiser blanked it
     n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
     if "PerFrameFunctionalGroupsSequence" in ds:
         frames, keys = _enhanced_frames(ds, path, rows, cols, sop_uid, instance)
@@ -529,8 +546,13 @@ def scan_dicom(path: str | Path, recursive: bool = True, first: Path | None = No
         except Exception as err:  # noqa: BLE001 - a malformed header
             scan.skipped.append((file, f"unreadable header ({type(err).__name__}: {str(err)[:80]})"))
             continue
+        content = None
         for frame, key in zip(frames, keys):
-            dedupe = (frame.sop_instance_uid, frame.frame, frame.mosaic)
+            if frame.sop_instance_uid:
+                dedupe = (frame.sop_instance_uid, frame.frame, frame.mosaic)
+            else:  # an anonymiser blanked the UID: the same image saved twice has the same bytes
+                content = content or _file_digest(file)
+                dedupe = ("content:" + content, frame.frame, frame.mosaic)
             if dedupe in seen_sops:
                 continue  # the same image saved twice
             seen_sops.add(dedupe)

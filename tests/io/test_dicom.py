@@ -407,3 +407,76 @@ def test_series_listing_hides_patient_identity(shared_data):
     assert "patient_name" not in row and "patient_id" not in row
     assert row["matrix"] == [512, 512, 3] and row["orientation"] == "LPS" and row["problem"] is None
     assert "patient_name" in scan.stacks[0].summary(show_patient=True)
+
+
+# --- anonymised series: blank or missing UIDs read as the volumes they are ------------------------
+
+_ANON_UIDS = ("SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "FrameOfReferenceUID")
+
+
+def _anonymised(source: Path, target: Path, how: str) -> Path:
+    """A copy of a real series whose anonymiser blanked (``blank``) or removed (``missing``) its UIDs."""
+    import pydicom
+
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
+    target.mkdir(parents=True)
+    for i, path in enumerate(files):
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception:  # noqa: BLE001 - a non-DICOM file beside the series (e.g. a .nii)
+            continue
+        for keyword in _ANON_UIDS:
+            if keyword in ds:
+                if how == "blank":
+                    setattr(ds, keyword, "")
+                else:
+                    delattr(ds, keyword)
+        if how == "missing" and hasattr(ds, "file_meta"):
+            ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid(prefix=None, entropy_srcs=[str(i)])
+        ds.save_as(target / f"IM{i:04d}.dcm", enforce_file_format=False)
+    return target
+
+
+@pytest.mark.parametrize("how", ["blank", "missing"])
+@pytest.mark.parametrize(
+    "relative",
+    [
+        "dicom2nifti/tests_data/ge/anatomical/001",
+        "dicom2nifti/tests_data/siemens/anatomical/001",
+        "dicom2nifti/tests_data/philips/anatomical/001",
+        "dicom2nifti/tests_data/generic/compressed_j2k/001",
+        "dcmqi/data/segmentations/ct-3slice",
+    ],
+)
+def test_anonymised_series_read_as_the_original(shared_data, tmp_path, relative, how):
+    """An anonymiser that blanks SOPInstanceUID used to collapse a series to its first slice (every
+    image looked like a copy of it); duplicates are now found by content, grouping by what the files
+    share."""
+    original = _read(shared_data / "dicom" / relative)
+    anonymised = _read(_anonymised(shared_data / "dicom" / relative, tmp_path / "anon", how))
+    assert anonymised.shape == original.shape
+    np.testing.assert_allclose(anonymised.affine, original.affine, atol=1e-6)
+    np.testing.assert_array_equal(anonymised.array, original.array)
+
+
+def test_a_file_saved_twice_without_uids_is_one_image(shared_data, tmp_path):
+    folder = _anonymised(shared_data / "dicom" / "dcmqi/data/segmentations/ct-3slice", tmp_path / "anon", "blank")
+    first = sorted(folder.iterdir())[0]
+    shutil.copy(first, folder / "copy_of_first.dcm")
+    assert _read(folder).shape == (512, 512, 3)
+
+
+def test_a_trailing_add_in_image_type_does_not_split_a_series(shared_data, tmp_path):
+    """GE marks some slices ORIGINAL\\PRIMARY\\AXIAL\\ADD beside ORIGINAL\\PRIMARY\\AXIAL: one series."""
+    import pydicom
+
+    source = shared_data / "dicom" / "dcmqi/data/segmentations/ct-3slice"
+    shutil.copytree(source, tmp_path / "ge")
+    files = sorted((tmp_path / "ge").iterdir())
+    ds = pydicom.dcmread(files[0])
+    ds.ImageType = list(ds.ImageType)[:3] + ["ADD"]
+    ds.save_as(files[0])
+    assert _read(tmp_path / "ge").shape == (512, 512, 3)
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # a derived image still splits
+    ds.save_as(files[0])
+    assert len(scan_dicom(tmp_path / "ge").stacks) == 2
