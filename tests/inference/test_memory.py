@@ -236,7 +236,7 @@ def test_plan_cli_json_and_table(tmp_path):
     )
     assert res.exit_code == 1 and "DOES NOT FIT" in res.output and "nothing fits" in res.output
     res = runner.invoke(main, ["plan", str(scan), "--device", "cpu", "--host-memory", "lots"])
-    assert res.exit_code == 1 and "cannot read memory size" in res.output
+    assert res.exit_code == 2 and "cannot read memory size" in res.output and "--host-memory" in res.output  # usage
 
 
 @pytest.mark.slow
