@@ -41,7 +41,8 @@ MODEL = (
 def run_tree(cmd: list[str]) -> tuple[float, int, str]:
     """Wall seconds, peak summed RSS of the process and all its descendants, and the output tail."""
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tempfile.TemporaryFile()  # not a pipe: a chatty child (progress bars) would block on a full pipe
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -57,7 +58,9 @@ def run_tree(cmd: list[str]) -> tuple[float, int, str]:
                 pass
         peak = max(peak, total)
         time.sleep(0.05)
-    out = proc.stdout.read().decode(errors="replace")
+    log.seek(0)
+    out = log.read().decode(errors="replace")
+    log.close()
     wall = time.perf_counter() - t
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")

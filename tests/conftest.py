@@ -125,3 +125,18 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray, qform_code: int
     img.set_sform(affine, sform_code)
     nib.save(img, str(path))
     return path
+
+
+def cropped_phantom(path: Path, seed: int, spacing, axcodes="RAS", oblique=False, box_mm=(180.0, 150.0, 120.0)) -> Path:
+    """A phantom CT (``medseg.phantom``) cropped around its centre to about ``box_mm``, saved as int16 NIfTI:
+    small scans for the model parity tests."""
+    from medseg.phantom import make_phantom
+
+    image, _ = make_phantom(seed, axcodes=axcodes, spacing=spacing, oblique=oblique)
+    shape = np.array(image.shape)
+    size = np.minimum(shape, np.round(np.array(box_mm) / np.array(image.spacing)).astype(int))
+    start = (shape - size) // 2
+    sl = tuple(slice(a, a + n) for a, n in zip(start, size))
+    affine = image.affine.copy()
+    affine[:3, 3] = image.affine[:3, :3] @ start + image.affine[:3, 3]
+    return save_nifti(path, np.asarray(image.array)[sl].astype(np.int16), affine)

@@ -21,8 +21,7 @@ from medseg.errors import ModelError
 from medseg.inference.pipeline import infer_file
 from medseg.models.nnunet import NnUNetModel, parse_folds, resolve_folder
 from medseg.models.nnunet.folder import load_checkpoint
-from medseg.phantom import make_phantom
-from tests.conftest import save_nifti
+from tests.conftest import cropped_phantom
 
 pytest.importorskip("nnunetv2")
 
@@ -37,15 +36,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _scan(path: Path, seed: int, spacing, axcodes="RAS", oblique=False, box_mm=(180.0, 150.0, 120.0)) -> Path:
-    """A phantom CT cropped around its centre to about ``box_mm`` (small: the tests stay fast)."""
-    image, _ = make_phantom(seed, axcodes=axcodes, spacing=spacing, oblique=oblique)
-    shape = np.array(image.shape)
-    size = np.minimum(shape, np.round(np.array(box_mm) / np.array(image.spacing)).astype(int))
-    start = (shape - size) // 2
-    sl = tuple(slice(a, a + n) for a, n in zip(start, size))
-    affine = image.affine.copy()
-    affine[:3, 3] = image.affine[:3, :3] @ start + image.affine[:3, 3]
-    return save_nifti(path, np.asarray(image.array)[sl].astype(np.int16), affine)
+    return cropped_phantom(path, seed, spacing, axcodes, oblique, box_mm)
 
 
 def _reference(folder: Path, scan: Path, tmp: Path, folds, tta: bool, step: float = 0.5) -> nib.Nifti1Image:

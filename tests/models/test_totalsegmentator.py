@@ -25,8 +25,7 @@ from medseg.errors import ModelError
 from medseg.io import read_volume
 from medseg.models.registry import model_names, open_model
 from medseg.models.totalsegmentator import TotalSegmentatorModel, parse_task
-from medseg.phantom import make_phantom
-from tests.conftest import save_nifti
+from tests.conftest import cropped_phantom
 
 pytest.importorskip("nnunetv2")
 pytest.importorskip("totalsegmentator")
@@ -68,15 +67,7 @@ def env_home(home, monkeypatch) -> Path:
 
 
 def _scan(path: Path, seed: int, spacing, axcodes="RAS", oblique=False, box_mm=(200.0, 160.0, 150.0)) -> Path:
-    """A phantom CT cropped around its centre to about ``box_mm``."""
-    image, _ = make_phantom(seed, axcodes=axcodes, spacing=spacing, oblique=oblique)
-    shape = np.array(image.shape)
-    size = np.minimum(shape, np.round(np.array(box_mm) / np.array(image.spacing)).astype(int))
-    start = (shape - size) // 2
-    sl = tuple(slice(a, a + n) for a, n in zip(start, size))
-    affine = image.affine.copy()
-    affine[:3, 3] = image.affine[:3, :3] @ start + image.affine[:3, 3]
-    return save_nifti(path, np.asarray(image.array)[sl].astype(np.int16), affine)
+    return cropped_phantom(path, seed, spacing, axcodes, oblique, box_mm)
 
 
 def _reference(home: Path, scan: Path, tmp: Path, spec: str, roi: str = "") -> np.ndarray:
