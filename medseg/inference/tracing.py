@@ -28,7 +28,7 @@ from torch.utils._pytree import tree_flatten
 from medseg.inference.disk_cache import JsonCache, cache_key
 
 #: bump when the activation trace's terms change: traced peaks cached on disk are keyed by it
-TRACE_REVISION = 2
+TRACE_REVISION = 4
 
 
 def _fake_cpu(shape, dtype) -> torch.Tensor:
@@ -70,11 +70,17 @@ def conv_workspace_bytes(args: tuple, out: torch.Tensor, device_kind: str) -> in
         return int(w.shape[1] * groups * kernel * int(np.prod(x.shape[2:])) * item)
     if onednn_channel_block() == 8:
         return _onednn_avx2_workspace(x, w, out, bool(transposed), kernel, item)
-    if transposed:  # oneDNN deconvolution: one operand reordered to channels-last
-        return int(max(x.numel(), out.numel()) * item)
-    # oneDNN convolution: the output in its blocked layout, channels padded to a multiple of 16
-    blocked = out.shape[0] * (-(-out.shape[1] // 16) * 16) * int(np.prod(out.shape[2:]))
-    return int(blocked * item)
+    if transposed:
+        # oneDNN deconvolution (AVX-512, torch profiler): the output and one more output-sized buffer, two
+        # from an input of 2^19 elements on (128 x 16^3: 3 x the output alive; 64 x 16^3: 2 x)
+        return int((2 if x.numel() >= 1 << 19 else 1) * out.numel() * item)
+    # oneDNN convolution (AVX-512, torch profiler): the weights reordered, and the larger of the input and
+    # the output in the blocked layout (channels padded to 16), alive with the output: 64->32 channels at
+    # 64^3 is 32 MiB output + 64 MiB input + 0.2 MiB weights = the measured 96.2 MiB; 32->64 at 32^3 is
+    # 8 + 8 (+0.2) MiB, measured 16.0; a strided 32->64 at 64^3 is 8 + 32 + 0.2, measured 40.2
+    blocked_out = out.shape[0] * (-(-out.shape[1] // 16) * 16) * int(np.prod(out.shape[2:]))
+    blocked_in = x.shape[0] * (-(-x.shape[1] // 16) * 16) * int(np.prod(x.shape[2:]))
+    return int((max(blocked_in, blocked_out) + w.numel()) * item)
 
 
 @functools.cache
