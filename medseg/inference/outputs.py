@@ -28,7 +28,7 @@ from medseg.inference.plan import Plan
 from medseg.io import IMAGE_SUFFIXES, write_labels
 from medseg.io.atomic import TMP_MARKER, sha256_of, write_text_atomic
 from medseg.io.dicom import DICOM_FILE_SUFFIXES
-from medseg.io.dicom_seg import require_highdicom, write_dicom_seg
+from medseg.io.dicom_seg import missing_references, require_highdicom, write_dicom_seg
 from medseg.io.nifti import write_label_masks
 from medseg.io.preview import write_preview
 from medseg.models.base import Model
@@ -127,6 +127,9 @@ def check_dicom_seg_input(volume: Volume) -> None:
         raise InputError("DICOM SEG output needs a DICOM input series; use --format nifti", volume.source)
     if dicom.get("n_volumes", 1) > 1 or any(f.get("mosaic") is not None for f in dicom["frames"]):
         raise InputError("DICOM SEG output is not supported for 4D or Siemens mosaic series", volume.source)
+    problem = missing_references(dicom)
+    if problem:
+        raise InputError(problem, volume.source)
 
 
 def _stats_csv(rows: list[dict]) -> str:

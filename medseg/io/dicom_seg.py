@@ -60,6 +60,28 @@ def require_highdicom():
     return highdicom
 
 
+def missing_references(dicom: dict) -> str | None:
+    """Why a DICOM SEG cannot reference this source series (an anonymiser blanked or removed the UIDs it
+    must name: series, SOP instances and classes, frame of reference), or None. medseg does not invent
+    them: a SEG pointing at made-up UIDs would be matched to nothing by a PACS or viewer."""
+    names = []
+    series = str(dicom.get("series_instance_uid") or "")
+    if not series or series.startswith("no-uid:"):
+        names.append("SeriesInstanceUID")
+    if any(not f.get("sop_instance_uid") for f in dicom.get("frames", [])):
+        names.append("SOPInstanceUID")
+    if not dicom.get("sop_class_uid"):
+        names.append("SOPClassUID")
+    if not dicom.get("frame_of_reference_uid"):
+        names.append("FrameOfReferenceUID")
+    if not names:
+        return None
+    return (
+        f"the source series has no {', '.join(names)} (anonymised data?), so a DICOM SEG could not reference or "
+        "be aligned with it; write NIfTI labels instead"
+    )
+
+
 def segment_concept(name: str):
     """``(category, type)`` codes for a label name; a SNOMED CT structure where one is known.
 
@@ -258,6 +280,9 @@ def build_dicom_seg(
         pixel_array = lut[pixel_array]
     if pixel_array.dtype.itemsize > 2 or pixel_array.dtype.kind not in "u":
         pixel_array = pixel_array.astype(np.uint16 if len(values) > 255 else np.uint8)
+    problem = missing_references(dicom)
+    if problem:
+        raise MedsegError(problem)
     sources = _source_datasets(dicom, float(volume.spacing[2]))
     if not sources[0].get("FrameOfReferenceUID"):
         raise MedsegError(

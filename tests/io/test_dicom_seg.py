@@ -258,3 +258,24 @@ def test_cli_convert_warns_on_tilt_and_errors_in_one_line(tmp_path, shared_data)
     ok = _run("convert", base / "sliceincrement", tmp_path / "s.nii.gz", "--series", "2", "--resample-irregular")
     assert ok.exit_code == 0, ok.output
     assert nib.load(str(tmp_path / "s.nii.gz")).shape == (512, 512, 5)
+
+
+def test_dicom_seg_from_an_anonymised_source_refuses_before_inference(tmp_path, ct_folder):
+    """Blank UIDs (series, SOP instances, frame of reference): a SEG could reference nothing; refused with
+    the missing UIDs named, before the model runs, and nothing is written."""
+    import pydicom
+
+    folder = tmp_path / "anon"
+    shutil.copytree(ct_folder, folder)
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        ds.SOPInstanceUID = ""
+        ds.SeriesInstanceUID = ""
+        ds.FrameOfReferenceUID = ""
+        ds.save_as(path)
+    out = tmp_path / "out"
+    result = _run("infer", folder, "-o", out / "seg.dcm", "--format", "dicom-seg", "--model", "ct-anatomy")
+    assert result.exit_code == 1
+    assert "SOPInstanceUID" in result.output and "FrameOfReferenceUID" in result.output
+    assert "NIfTI" in result.output
+    assert not out.exists() or not list(out.iterdir())
