@@ -446,6 +446,9 @@ def _anonymised(source: Path, target: Path, how: str) -> Path:
         "dicom2nifti/tests_data/philips/anatomical/001",
         "dicom2nifti/tests_data/generic/compressed_j2k/001",
         "dcmqi/data/segmentations/ct-3slice",
+        "dcm2niix_qa/dcm_qa_nih/In",  # GE MR
+        "dcm2niix_qa/dcm_qa_enh/In/Siemens",  # enhanced multi-frame
+        "dcm2niix_qa/dcm_qa_ts/In/3.dcm",  # Siemens mosaic
     ],
 )
 def test_anonymised_series_read_as_the_original(shared_data, tmp_path, relative, how):
