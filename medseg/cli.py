@@ -39,14 +39,13 @@ class MemorySize(click.ParamType):
     name = "size"
 
     def convert(self, value, param, ctx):
-        from medseg.errors import MedsegError as _Error
         from medseg.inference.budget import parse_bytes
 
         if value is None or str(value).strip().lower() == "auto":
             return value
         try:
             size = parse_bytes(value)
-        except _Error as err:
+        except MedsegError as err:
             self.fail(str(err), param, ctx)
         if size is None or size <= 0:
             self.fail(f"{value!r} is not a positive size (use e.g. 12GB, 800MB or auto)", param, ctx)
@@ -59,15 +58,12 @@ class FoldList(click.ParamType):
     name = "folds"
 
     def convert(self, value, param, ctx):
-        import re
+        from medseg.models.nnunet.folder import parse_folds
 
-        if value is None or not str(value).strip():
-            return None
-        parts = [p for p in re.split(r"[,\s]+", str(value).strip()) if p]
-        bad = [p for p in parts if not (p.isdigit() or p == "all")]
+        bad = [str(f) for f in parse_folds(value) or [] if not (isinstance(f, int) or f == "all")]
         if bad:
             self.fail(f"{', '.join(bad)}: folds are numbers such as 0,1 (or all)", param, ctx)
-        return str(value)
+        return None if value is None or not str(value).strip() else str(value)
 
 
 def _positive_spacing(ctx, param, value):
@@ -88,6 +84,14 @@ class FiniteRange(click.FloatRange):
 
 OVERLAP = FiniteRange(0.0, 1.0, max_open=True)
 MEMORY = MemorySize()
+#: ``--model`` on infer, plan and batch
+MODEL_OPTION = click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle, nnU-Net v2 results folder or "
+    "totalsegmentator:TASK.",
+)
 
 
 def handle_errors(fn):
@@ -214,13 +218,7 @@ def main(debug: bool) -> None:
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), help="Label file (default: <stem>_seg.nii.gz beside INPUT)."
 )
-@click.option(
-    "--model",
-    "model",
-    default=None,
-    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle, nnU-Net v2 results folder or "
-    "totalsegmentator:TASK.",
-)
+@MODEL_OPTION
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
@@ -458,13 +456,7 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.argument("input_dir", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder (outputs + ledger).")
 @click.option("--manifest", type=click.Path(path_type=Path), help="CSV with columns id,path instead of INPUT_DIR.")
-@click.option(
-    "--model",
-    "model",
-    default=None,
-    help="Model name (see `medseg models`), ModelSpec .yaml, MONAI bundle, nnU-Net v2 results folder or "
-    "totalsegmentator:TASK.",
-)
+@MODEL_OPTION
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage per case.")
@@ -743,12 +735,7 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 
 @main.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
-@click.option(
-    "--model",
-    "model",
-    default=None,
-    help="Model name, ModelSpec .yaml, MONAI bundle, nnU-Net v2 folder or totalsegmentator:TASK.",
-)
+@MODEL_OPTION
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--gpu-memory", type=MEMORY, default=None, help="GPU budget: 12GB, 24GB, <N>GB or auto (free now; the default)."

@@ -431,7 +431,7 @@ class TotalSegmentatorModel(Model):
             resampled = True
         timings["totalseg.resample"] = time.perf_counter() - t
 
-        seg = self._predict(np.asarray(canon, dtype=np.float32), spacing, progress, timings)
+        seg = self._predict(canon, spacing, progress, timings)
         del canon
 
         t = time.perf_counter()
@@ -461,6 +461,9 @@ class TotalSegmentatorModel(Model):
                     (slice(third * 2, None), slice(m - 1, None))]  # fmt: skip
         else:
             slabs, keep = [slice(None)], [(slice(None), slice(None))]
+        # nnU-Net's axis order (c, z, y, x), float32: made once, every part reads the same slabs
+        inputs = [np.ascontiguousarray(canon[:, :, slab].transpose(2, 1, 0)[None], dtype=np.float32) for slab in slabs]
+        zyx = [float(s) for s in spacing[::-1]]
         inverse = {name: value for value, name in self.class_map.items()}
         merged = np.zeros(shape, dtype=np.uint8)
         parts = self._part_models()
@@ -471,11 +474,9 @@ class TotalSegmentatorModel(Model):
                 lut = np.zeros(max(part) + 1, dtype=np.uint8)
                 for value, name in part.items():
                     lut[value] = inverse[name]
-            for slab, (dst, src) in zip(slabs, keep):
-                piece = canon[:, :, slab]
-                data = np.ascontiguousarray(piece.transpose(2, 1, 0)[None], dtype=np.float32)
+            for data, (dst, src) in zip(inputs, keep):
                 sub = _Progress(progress, i, len(parts))
-                seg = model.segment_array(data, [float(s) for s in spacing[::-1]], sub, timings)
+                seg = model.segment_array(data, zyx, sub, timings)  # nnU-Net's preprocessor copies its input
                 seg = seg.transpose(2, 1, 0)[:, :, src]
                 if lut is not None:
                     if seg.size and int(seg.max()) >= len(lut):
