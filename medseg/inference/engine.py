@@ -180,7 +180,8 @@ def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
             padded = image
             if any(a or b for a, b in pads):
                 flat = [v for a, b in reversed(pads) for v in (a, b)]
-                padded = torch.nn.functional.pad(image[None], flat, mode="constant", value=0.0)[0]
+                mode = "replicate" if plan.padding_mode == "replicate" else "constant"
+                padded = torch.nn.functional.pad(image[None], flat, mode=mode)[0]
             padded = padded.to(plan.image_device)
             w = compute_importance_map(roi, mode=plan.blend, sigma_scale=0.125, device=plan.device, dtype=image.dtype)
             w = w[None, None]

@@ -124,6 +124,23 @@ def _interpolated_labels(table, model_shape, a, b, c, axes, dtype) -> torch.Tens
     return _argmax_planes(values, np.dtype(np.uint8) if dtype == torch.uint8 else np.dtype(np.uint16))
 
 
+def _nearest_labels(
+    labels: torch.Tensor, x_local: torch.Tensor, out_shape, inv, nearest=None, lo: int = 0, start: int = 0
+) -> np.ndarray:
+    """Labels ``(X, Y, Z)`` on the model grid sampled at the nearest model voxel of each source voxel
+    of planes ``[start, start + len(x_local))``: coordinates rounded half to even, or MONAI's own
+    picks (``nearest``, one index vector per axis); ``labels`` holds model planes from ``lo``."""
+    nx, ny, nz = (int(v) for v in labels.shape)
+    if nearest is not None:
+        xi, yi = nearest[0], nearest[1]
+        zi = nearest[2][start : start + x_local.numel()] - lo
+    else:
+        xi = torch.round(axis_coords(int(out_shape[0]), nx, inv[0])).long()
+        yi = torch.round(axis_coords(int(out_shape[1]), ny, inv[1])).long()
+        zi = torch.round(x_local).long()
+    return labels.index_select(0, xi).index_select(1, yi).index_select(2, zi.clamp(0, nz - 1)).numpy()
+
+
 def _argmax_planes(part: torch.Tensor, dtype=np.uint8) -> torch.Tensor:
     """``part.argmax(0)`` (ties to the lowest class) as a uint8 (``dtype`` uint8) or int16 tensor."""
     best = part[0].clone()
@@ -164,8 +181,11 @@ class SourceGridFinaliser(Finaliser):
     is the same as the whole-volume function's, so the labels are identical for identical logits.
     """
 
-    def __init__(self, record: GridRecord, n_classes: int, chunk: int | None = None) -> None:
+    def __init__(self, record: GridRecord, n_classes: int, chunk: int | None = None, invert: str = "logits") -> None:
+        if invert not in ("logits", "probabilities", "labels"):
+            raise ValueError(f"invert must be logits, probabilities or labels, not {invert!r}")
         self.record = record
+        self.invert = invert
         out_plane = int(record.reoriented_shape[0]) * int(record.reoriented_shape[1])
         self.chunk = max(1, int(chunk)) if chunk else chunk_planes(n_classes, out_plane)
         self.inv = [1.0 / s for s in record.scale]
@@ -177,6 +197,14 @@ class SourceGridFinaliser(Finaliser):
         self.carry_lo = 0
         self.received = 0
         self.next_out = 0
+        #: model index of each source index per axis, for nearest labels on MONAI's grid (its ties)
+        self.nearest: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if invert == "labels" and record.grid == "monai":
+            from medseg.inference.monai_grid import monai_nearest_indices
+
+            self.nearest = monai_nearest_indices(
+                record.model_affine, record.model_shape, record.monai_oriented_affine, record.reoriented_shape
+            )
 
     def _coord(self, j: int) -> float:
         return min(max(j * self.inv[2], 0.0), self.n_in - 1)
@@ -187,6 +215,10 @@ class SourceGridFinaliser(Finaliser):
         planes = planes[..., self.received - start :].float().cpu()
         if planes.shape[-1] == 0:
             return
+        if self.invert == "probabilities":  # per voxel, so exact plane by plane
+            planes = torch.softmax(planes, dim=0)
+        elif self.invert == "labels":
+            planes = _argmax_planes(planes, self.dtype)[None]
         self.carry = planes if self.carry is None else torch.cat([self.carry, planes], dim=-1)
         self.received += planes.shape[-1]
         self._emit()
@@ -206,7 +238,12 @@ class SourceGridFinaliser(Finaliser):
             x = (torch.arange(start, stop, dtype=torch.float64) * self.inv[2]).clamp(0, self.n_in - 1)
             lo, hi = int(x.min().floor()), min(int(x.max().floor()) + 1, self.n_in - 1)
             part = self.carry[..., lo - self.carry_lo : hi + 1 - self.carry_lo]
-            self.labels[..., start:stop] = source_labels(part, x - lo, self.out_shape, self.inv, self.dtype)
+            if self.invert == "labels":
+                self.labels[..., start:stop] = _nearest_labels(
+                    part[0], x - lo, self.out_shape, self.inv, self.nearest, lo, start
+                )
+            else:
+                self.labels[..., start:stop] = source_labels(part, x - lo, self.out_shape, self.inv, self.dtype)
             self.next_out = stop
             if stop < nz:  # drop model planes no later source plane needs
                 keep_from = min(int(math.floor(self._coord(stop))), self.received)  # upsampling skips planes

@@ -21,6 +21,8 @@ class Plan:
     sw_batch_size: int = 1
     overlap: float = 0.25
     blend: str = "gaussian"
+    #: how a volume smaller than a window is padded (MONAI's ``padding_mode``: constant 0, replicate)
+    padding_mode: str = "constant"
     precision: str = "fp32"
     #: where windows are stitched: "device" or "cpu" (MONAI's ``device`` argument)
     aggregation_device: str = "cpu"

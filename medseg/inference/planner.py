@@ -99,6 +99,7 @@ def plan_memory(
         sw_batch_size=windows.sw_batch_size,
         overlap=windows.overlap if overlap is None else overlap,
         blend=windows.blend,
+        padding_mode=windows.padding_mode,
         precision=windows.precision if on_gpu else "fp32",
         aggregation_device=device,
         image_device=device,

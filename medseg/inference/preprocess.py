@@ -37,6 +37,10 @@ class GridRecord:
     scale: tuple[float, float, float]  # target / source spacing per (reoriented) axis
     model_shape: tuple[int, int, int]
     model_affine: np.ndarray
+    #: the size rule of the model grid (``PreprocessSpec.grid``): ``medseg`` or ``monai``
+    grid: str = "medseg"
+    #: MONAI ``Orientation``'s affine of the reoriented scan (``grid == "monai"``), to its last bit
+    monai_oriented_affine: np.ndarray | None = None
 
 
 def plan_grid(volume: Volume, prep: PreprocessSpec) -> GridRecord:
@@ -50,11 +54,30 @@ def plan_grid(volume: Volume, prep: PreprocessSpec) -> GridRecord:
     reoriented_shape = tuple(int(shape[int(a)]) for a in np.argsort(ornt[:, 0]))
     spacing = np.sqrt((reoriented_affine[:3, :3] ** 2).sum(axis=0))
     target = [t if t is not None else s for t, s in zip(prep.spacing, spacing)]
-    scale = tuple(float(t / s) for t, s in zip(target, spacing))
-    model_shape = tuple(max(1, int(round(n / r))) for n, r in zip(reoriented_shape, scale))
-    model_affine = reoriented_affine @ np.diag(list(scale) + [1.0])
+    monai_oriented = None
+    if prep.grid == "monai":  # MONAI Spacing's own rule and affine, computed by MONAI
+        from medseg.inference.monai_grid import monai_spacing_grid
+
+        monai_oriented, model_affine, model_shape = monai_spacing_grid(
+            volume.affine, shape, prep.orientation, tuple(target)
+        )
+        target = list(np.sqrt((model_affine[:3, :3] ** 2).sum(axis=0)))  # a spacing within 1e-3 stays
+        scale = tuple(float(t / s) for t, s in zip(target, spacing))
+    else:
+        scale = tuple(float(t / s) for t, s in zip(target, spacing))
+        model_affine = reoriented_affine @ np.diag(list(scale) + [1.0])
+        model_shape = tuple(max(1, int(round(n / r))) for n, r in zip(reoriented_shape, scale))
     return GridRecord(
-        shape, volume.affine.copy(), ornt, inverse_ornt, reoriented_shape, scale, model_shape, model_affine
+        shape,
+        volume.affine.copy(),
+        ornt,
+        inverse_ornt,
+        reoriented_shape,
+        scale,
+        model_shape,
+        model_affine,
+        prep.grid,
+        monai_oriented,
     )
 
 
@@ -98,6 +121,19 @@ def resample_spatial(t: torch.Tensor, out_shape: tuple[int, ...], steps: tuple[f
 
 def normalise_intensity(t: torch.Tensor, spec: IntensitySpec) -> torch.Tensor:
     """Channel-first float tensor -> network input range."""
+    t = _normalise(t, spec)
+    if spec.rescale is None:
+        return t
+    lo_out, hi_out = spec.rescale
+    groups = [t[c : c + 1] for c in range(t.shape[0])] if spec.rescale_channel_wise else [t]
+    out = []
+    for x in groups:  # as MONAI's rescale_array, a constant image included (multiplied by lo_out)
+        lo, hi = x.min(), x.max()
+        out.append((x - lo) / (hi - lo) * (hi_out - lo_out) + lo_out if hi > lo else x * lo_out)
+    return torch.cat(out) if len(out) > 1 else out[0]
+
+
+def _normalise(t: torch.Tensor, spec: IntensitySpec) -> torch.Tensor:
     if spec.kind == "ct_window":
         t = (t - spec.a_min) / (spec.a_max - spec.a_min)
         if spec.clip:

@@ -77,7 +77,8 @@ class WindowGrid:
     MONAI's fraction of a window; ``blend`` ``gaussian`` (MONAI's importance map with
     ``sigma_scale``) or ``constant``; ``sw_batch_size`` the windows run at once by default;
     ``precision`` on a GPU (``fp32``, ``fp16``, ``bf16``); ``roi_divisor`` the factor every roi
-    side must be a multiple of for the network to take it (the planner's smaller rois).
+    side must be a multiple of for the network to take it (the planner's smaller rois);
+    ``padding_mode`` how a volume smaller than a window is padded (``constant`` zeros, ``replicate``).
     """
 
     roi_size: tuple[int, ...]
@@ -87,6 +88,7 @@ class WindowGrid:
     precision: str = "fp32"
     sigma_scale: float = 0.125
     roi_divisor: int = 16
+    padding_mode: str = "constant"
 
     @property
     def spatial_dims(self) -> int:

@@ -112,7 +112,7 @@ def _evaluated(config_path: Path, bundle: Path) -> dict:
     parser.read_config(str(config_path))
     parser["bundle_root"] = str(bundle)
     out = {}
-    for key in ("network_def", "preprocessing", "inferer"):
+    for key in ("network_def", "preprocessing", "inferer", "postprocessing"):
         if key in parser.config:
             out[key] = _config_of(parser, key)
     return out
@@ -159,7 +159,9 @@ def spec_from_bundle(folder: str | Path, trust: bool = False) -> ModelSpec:
         raise ModelError("'network_def' does not give out_channels", config_path)
 
     preprocessing = _map_preprocessing(plain, config.get("preprocessing"), config_path)
+    preprocessing["grid"] = "monai"  # Spacingd's output size, so the windows fall where the bundle's do
     inference = _map_inferer(plain, config.get("inferer"), spatial_dims, config_path)
+    inference["invert"] = _map_postprocessing(plain, config.get("postprocessing"), config_path)
     labels = _map_labels(metadata, int(out_channels))
     weights = bundle / "models" / "model.pt"
     if not weights.is_file():
@@ -222,19 +224,124 @@ def _map_preprocessing(plain: _Plain, node, source: Path) -> dict:
         elif name == "NormalizeIntensityd" and not intensity_set:
             out["intensity"] = {"kind": "zscore", "nonzero": bool(t.get("nonzero", False))}
             intensity_set = True
+        elif name == "ScaleIntensityd" and "rescale" not in out["intensity"]:
+            out["intensity"]["rescale"] = _scale_intensity(t, i, source)
+            out["intensity"]["rescale_channel_wise"] = bool(t.get("channel_wise", False))
+            intensity_set = True
         else:
             raise ModelError(
                 f"preprocessing transform {name} (#{i}) has no medseg equivalent; medseg maps Orientationd, "
                 "Spacingd, one ScaleIntensityRanged or NormalizeIntensityd (write a ModelSpec YAML instead)",
                 source,
             )
+    if out["intensity"]["kind"] == "none" and "rescale" in out["intensity"]:
+        out["intensity"]["clip"] = False
     return out
+
+
+def _scale_intensity(t: dict, i: int, source: Path) -> list[float]:
+    """``ScaleIntensityd(minv, maxv)``: the scan's range onto ``[minv, maxv]`` (``[0, 1]`` when one
+    bound is None, as MONAI's ``rescale_array``). A ``factor`` scales values by ``1 + factor``,
+    which no bundle in the zoo uses and medseg does not map."""
+    if t.get("factor") is not None:
+        raise ModelError(
+            f"preprocessing transform ScaleIntensityd (#{i}) with a factor has no medseg equivalent "
+            "(medseg maps ScaleIntensityd(minv, maxv), the range rescaling)",
+            source,
+        )
+    minv, maxv = t.get("minv", 0.0), t.get("maxv", 1.0)
+    if minv is None or maxv is None:
+        return [0.0, 1.0]
+    return [float(minv), float(maxv)]
+
+
+#: post-processing steps that do not change which label a voxel gets
+_IGNORED_POST = _IGNORED_TRANSFORMS | {
+    "SaveImaged",
+    "SaveImage",
+    "ToDeviced",
+    "ToNumpyd",
+    "CopyItemsd",
+    "DeleteItemsd",
+    "SqueezeDimd",
+}
+
+
+def _map_postprocessing(plain: _Plain, node, source: Path) -> str:
+    """What the bundle interpolates back onto the source grid (``InferenceSpec.invert``), read from
+    the order of ``Activationsd``, ``Invertd`` and ``AsDiscreted`` in its ``postprocessing``.
+
+    * softmax, then ``Invertd`` (linear), then argmax (the spleen bundle): ``probabilities``;
+    * argmax before ``Invertd``, or ``Invertd(nearest_interp=True)`` (its default): ``labels``;
+    * ``Invertd`` (linear) before any activation: ``logits``.
+    Without ``Invertd`` a bundle leaves its prediction on the model grid; medseg always returns
+    labels on the source grid and interpolates logits there, as for its own models.
+    """
+    if node is None:
+        return "logits"
+    if isinstance(node, str):  # a reference to the Compose; its steps are read one value at a time
+        node = plain.value(node, "postprocessing")
+    transforms = node.get("transforms", []) if isinstance(node, dict) else node
+    if isinstance(transforms, str):
+        transforms = plain.value(transforms, "postprocessing.transforms")
+    if not isinstance(transforms, list):
+        raise ModelError("'postprocessing' must be a Compose with a list of transforms", source)
+    softmax = argmax = False
+    invert: str | None = None
+    for i, raw in enumerate(transforms):
+        raw = plain.value(raw, f"postprocessing[{i}]") if isinstance(raw, str) else raw
+        if not isinstance(raw, dict) or "_target_" not in raw:
+            raise ModelError(f"postprocessing transform {i} is not a _target_ mapping", source)
+        name = _short(raw["_target_"])
+        read = ("keys", "softmax", "sigmoid", "other", "argmax", "threshold", "nearest_interp")
+        # only the arguments that decide the labels are read: a SaveImaged's output_dir may be code
+        t = {k: plain.value(raw[k], f"postprocessing[{i}].{k}") for k in read if k in raw}
+        keys = t.get("keys", "pred")
+        keys = [keys] if isinstance(keys, str) else list(keys)
+        if name in _IGNORED_POST or "pred" not in keys:
+            continue
+        if name == "Activationsd":
+            if t.get("sigmoid") or t.get("other") is not None:
+                raise ModelError(
+                    f"postprocessing Activationsd (#{i}) uses sigmoid or a custom function; medseg maps "
+                    "softmax + argmax label maps only",
+                    source,
+                )
+            softmax = softmax or bool(t.get("softmax", False))
+        elif name == "AsDiscreted":
+            if not t.get("argmax", False) or t.get("threshold") is not None:
+                raise ModelError(f"postprocessing AsDiscreted (#{i}) without argmax has no medseg equivalent", source)
+            argmax = True
+        elif name == "Invertd":
+            if invert is not None:
+                raise ModelError(f"postprocessing has a second Invertd (#{i})", source)
+            nearest = bool(t.get("nearest_interp", True))
+            if argmax and not nearest:
+                raise ModelError(
+                    f"postprocessing Invertd (#{i}) interpolates label indices linearly; medseg does not "
+                    "reproduce that (set nearest_interp true)",
+                    source,
+                )
+            invert = "labels" if (argmax or nearest) else ("probabilities" if softmax else "logits")
+        else:
+            raise ModelError(
+                f"postprocessing transform {name} (#{i}) has no medseg equivalent; medseg maps Activationsd "
+                "(softmax), Invertd and AsDiscreted (argmax)",
+                source,
+            )
+    return invert or "logits"
 
 
 def _map_inferer(plain: _Plain, node, spatial_dims: int, source: Path) -> dict:
     if node is None:
         raise ModelError("bundle config has no 'inferer'", source)
-    node = plain.value(node, "inferer")
+    if isinstance(node, str):
+        node = plain.value(node, "inferer")
+    if not isinstance(node, dict):
+        raise ModelError("'inferer' must be a mapping with a _target_", source)
+    read = ("_target_", "roi_size", "mode", "overlap", "sw_batch_size", "padding_mode", "sigma_scale")
+    # only what decides the windows is read: its device argument, for one, is often code
+    node = {k: plain.value(node[k], f"inferer.{k}") for k in read if k in node}
     name = _short(node.get("_target_", ""))
     if name not in ("SlidingWindowInferer", "SliceInferer", "SlidingWindowInfererAdapt"):
         raise ModelError(f"inferer {name or '?'} has no medseg equivalent (SlidingWindowInferer, SliceInferer)", source)
@@ -250,7 +357,13 @@ def _map_inferer(plain: _Plain, node, spatial_dims: int, source: Path) -> dict:
         if len(set(overlap)) != 1:
             raise ModelError("per-axis inferer overlap has no medseg equivalent", source)
         overlap = overlap[0]
+    padding = str(node.get("padding_mode", "constant"))
+    if padding not in ("constant", "replicate"):
+        raise ModelError(f"inferer padding_mode {padding!r} has no medseg equivalent (constant, replicate)", source)
+    if float(node.get("sigma_scale", 0.125)) != 0.125:
+        raise ModelError("inferer sigma_scale other than 0.125 has no medseg equivalent", source)
     return {
+        "padding_mode": padding,
         "roi_size": roi,
         "overlap": float(overlap),
         "blend": mode,

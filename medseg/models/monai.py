@@ -2,8 +2,10 @@
 
 Both run a MONAI network over MONAI's sliding windows (Gaussian or constant blending) after
 medseg's exact reorientation, resampling and intensity normalisation (:mod:`medseg.inference.preprocess`),
-and come back to the source grid by interpolating logits (:mod:`medseg.inference.invert`), which
-is what MONAI's ``Invertd`` + ``AsDiscreted(argmax)`` do on the source grid.
+and come back to the source grid (:mod:`medseg.inference.invert`). A ModelSpec interpolates
+logits; a bundle does what its own ``postprocessing`` does (softmax probabilities through
+``Invertd`` then argmax, or argmax then ``Invertd`` with nearest), on MONAI ``Spacingd``'s grid;
+the sidecar's ``model.semantics`` says which ran.
 
 Example:
     >>> model = MonaiModel(load_spec("configs/models/phantom-unet3d.yaml")).load()  # doctest: +SKIP
@@ -20,6 +22,7 @@ import numpy as np
 import torch
 
 from medseg.errors import ModelError
+from medseg.inference.invert import SourceGridFinaliser
 from medseg.inference.plan import resolve_device
 from medseg.inference.preprocess import GridRecord, plan_grid, preprocess_image
 from medseg.inference.speed import fold_batchnorm, tune_windows
@@ -81,6 +84,7 @@ class MonaiModel(Model):
             sw_batch_size=inf.sw_batch_size,
             precision=inf.precision,
             roi_divisor=roi_divisor(spec.network),
+            padding_mode=inf.padding_mode,
         )
         self.device = resolve_device(device)
         self.network: torch.nn.Module | None = None
@@ -109,6 +113,7 @@ class MonaiModel(Model):
             "spatial_dims": self.spec.network.spatial_dims,
             "weights": str(self.spec.weights_path()),
             "preprocessing": self.spec.preprocessing.model_dump(),
+            "semantics": self.semantics,
         }
 
     def _load(self) -> None:
@@ -122,6 +127,22 @@ class MonaiModel(Model):
 
     def prepare(self, volume: Volume) -> tuple[torch.Tensor, GridRecord]:
         return preprocess_image(volume, self.spec.preprocessing)
+
+    def finaliser(self, record: GridRecord) -> SourceGridFinaliser:
+        return SourceGridFinaliser(record, self.out_channels, invert=self.spec.inference.invert)
+
+    @property
+    def semantics(self) -> dict[str, str]:
+        """Which conventions ran (the sidecar's ``model.semantics``): the model grid's size rule and
+        what is interpolated back to the source grid."""
+        grid, invert = self.spec.preprocessing.grid, self.spec.inference.invert
+        how = {
+            "logits": "logits interpolated (linear) to the source grid, then argmax",
+            "probabilities": "softmax, probabilities interpolated (linear) to the source grid, then argmax",
+            "labels": "argmax on the model grid, labels resampled (nearest) to the source grid",
+        }[invert]
+        rule = "MONAI Spacing: round((n - 1) * s / t) + 1" if grid == "monai" else "medseg: round(n * s / t)"
+        return {"grid": grid, "grid_rule": rule, "invert": invert, "description": how}
 
     # --- forward step
     def forward(self, batch: torch.Tensor) -> torch.Tensor:

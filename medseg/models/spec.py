@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,7 +52,12 @@ class LabelSpec(_Strict):
 
 
 class IntensitySpec(_Strict):
-    """``ct_window``: clip HU to [a_min, a_max] and scale to [b_min, b_max]; ``zscore``: per scan."""
+    """``ct_window``: clip HU to [a_min, a_max] and scale to [b_min, b_max]; ``zscore``: per scan.
+
+    ``rescale`` ``[min, max]``, applied after ``kind``: the whole resampled scan's range mapped
+    linearly onto ``[min, max]`` (MONAI's ``ScaleIntensity(minv, maxv)``, per channel with
+    ``rescale_channel_wise``).
+    """
 
     kind: Literal["ct_window", "zscore", "none"] = "ct_window"
     a_min: float = -1000.0
@@ -60,11 +66,15 @@ class IntensitySpec(_Strict):
     b_max: float = 1.0
     clip: bool = True
     nonzero: bool = False
+    rescale: tuple[float, float] | None = None
+    rescale_channel_wise: bool = False
 
     @model_validator(mode="after")
     def _window(self) -> IntensitySpec:
         if self.kind == "ct_window" and self.a_max <= self.a_min:
             raise ValueError("a_max must be greater than a_min")
+        if self.rescale is not None and not all(map(math.isfinite, self.rescale)):
+            raise ValueError("rescale bounds must be finite")
         return self
 
 
@@ -73,6 +83,10 @@ class PreprocessSpec(_Strict):
     #: target voxel size in mm per axis (after reorientation); null keeps the scan's own spacing
     spacing: tuple[float | None, float | None, float | None] = (None, None, None)
     intensity: IntensitySpec = IntensitySpec()
+    #: how many model voxels the resampled grid has: ``medseg`` round(n * s / t) (the extent the
+    #: source voxels cover), ``monai`` round((n - 1) * s / t) + 1 (MONAI ``Spacing``: the span of the
+    #: voxel centres, what a bundle's ``Spacingd`` gives). Voxel 0 stays put either way.
+    grid: Literal["medseg", "monai"] = "medseg"
 
     @field_validator("orientation")
     @classmethod
@@ -96,6 +110,13 @@ class InferenceSpec(_Strict):
     blend: Literal["gaussian", "constant"] = "gaussian"
     sw_batch_size: int = Field(1, ge=1)
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    #: what is interpolated back onto the source grid before the argmax: ``logits`` (medseg's own
+    #: models), ``probabilities`` (softmax first: a bundle's ``Activationsd`` -> ``Invertd`` ->
+    #: ``AsDiscreted``) or ``labels`` (argmax on the model grid, then nearest: ``AsDiscreted`` ->
+    #: ``Invertd(nearest_interp=True)``)
+    invert: Literal["logits", "probabilities", "labels"] = "logits"
+    #: how a scan smaller than a window is padded (MONAI's ``padding_mode``)
+    padding_mode: Literal["constant", "replicate"] = "constant"
 
 
 class WeightsSpec(_Strict):

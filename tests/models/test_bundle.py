@@ -148,17 +148,17 @@ def test_bundle_segments_a_scan_like_the_monai_recipe(tmp_path):
     assert resolve_spec(str(bundle)).inference.roi_size == (32, 32, 32)
 
 
-def test_wholebody_definition_maps_its_network_and_names_what_it_cannot(tmp_path):
+def test_wholebody_definition_maps_its_network_and_its_final_rescaling(tmp_path):
     bundle = write_bundle(tmp_path / "wb", WHOLEBODY, WHOLEBODY_META)
     (bundle / "models" / "model.pt").write_bytes(b"")
-    with pytest.raises(ModelError, match="ScaleIntensityd .* has no medseg equivalent"):
-        spec_from_bundle(bundle)
-    # without the final rescaling the definition maps: @pixdim followed, z-score, 105 labels
-    mappable = json.loads(json.dumps(WHOLEBODY))
-    mappable["preprocessing"]["transforms"].pop()
-    bundle2 = write_bundle(tmp_path / "wb2", mappable, WHOLEBODY_META)
+    spec = spec_from_bundle(bundle)  # @pixdim followed, z-score then ScaleIntensityd(-1, 1), 105 labels
+    assert spec.preprocessing.intensity.rescale == (-1.0, 1.0)
+    factor = json.loads(json.dumps(WHOLEBODY))
+    factor["preprocessing"]["transforms"][-1] = {"_target_": "ScaleIntensityd", "keys": "image", "factor": 0.1}
+    bundle2 = write_bundle(tmp_path / "wb2", factor, WHOLEBODY_META)
     (bundle2 / "models" / "model.pt").write_bytes(b"")
-    spec = spec_from_bundle(bundle2)
+    with pytest.raises(ModelError, match="ScaleIntensityd .* with a factor has no medseg equivalent"):
+        spec_from_bundle(bundle2)
     assert spec.network.cls == "SegResNet" and spec.network.out_channels == 105
     assert spec.network.kwargs["blocks_down"] == [1, 2, 2, 4] and spec.preprocessing.spacing == (1.5, 1.5, 1.5)
     assert spec.preprocessing.intensity.kind == "zscore" and spec.preprocessing.intensity.nonzero
