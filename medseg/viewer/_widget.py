@@ -25,6 +25,14 @@ from medseg.viewer.actions import (
     segment_layer,
 )
 from medseg.viewer.layers import CT_WINDOWS, geometry_of
+from medseg.viewer.prompting import (
+    BOX_LAYER,
+    NEGATIVE_LAYER,
+    POSITIVE_LAYER,
+    PREVIEW_LAYER,
+    PromptSession,
+    accept_mask,
+)
 
 
 class _Signals(QtCore.QObject):
@@ -100,6 +108,24 @@ class MedsegWidget(QtWidgets.QWidget):
         for b in (self.new_button, self.save_button, self.volumes_button):
             buttons2.addWidget(b)
         layout.addLayout(buttons2)
+        prompt_row = QtWidgets.QHBoxLayout()
+        self.prompt_button = QtWidgets.QPushButton("Prompt")
+        self.prompt_button.setToolTip(
+            "Click to segment (no model): add points to 'prompt +' inside the structure and 'prompt -' on "
+            "what must stay out, optionally a rectangle in 'prompt box'; the preview follows every change"
+        )
+        self.prompt_button.clicked.connect(self.start_prompts)
+        self.prompt_name = QtWidgets.QLineEdit("structure")
+        self.prompt_name.setToolTip("The label the accepted mask becomes (an existing name keeps its value)")
+        self.accept_button = QtWidgets.QPushButton("Accept")
+        self.accept_button.clicked.connect(self.accept_prompt)
+        self.clear_button = QtWidgets.QPushButton("Clear")
+        self.clear_button.clicked.connect(self.clear_prompts)
+        for w in (self.prompt_button, self.prompt_name, self.accept_button, self.clear_button):
+            prompt_row.addWidget(w)
+        layout.addLayout(prompt_row)
+        self.prompt_session = None
+        self.prompt_mask = None
         self.table = QtWidgets.QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["label", "voxels", "volume ml", "mean"])
         self.table.verticalHeader().setVisible(False)
@@ -120,7 +146,7 @@ class MedsegWidget(QtWidgets.QWidget):
     def _refresh_layer_lists(self, *_):
         for combo, kind in ((self.image_combo, Image), (self.labels_combo, Labels)):
             current = combo.currentText()
-            names = [layer.name for layer in self._layers(kind)]
+            names = [layer.name for layer in self._layers(kind) if layer.name != PREVIEW_LAYER]
             active = self.viewer.layers.selection.active
             combo.blockSignals(True)
             combo.clear()
@@ -259,6 +285,84 @@ class MedsegWidget(QtWidgets.QWidget):
                 self.table.setItem(r, c, QtWidgets.QTableWidgetItem(text))
         self.table.resizeColumnsToContents()
         return rows
+
+    # -- prompt mode (logic in medseg.viewer.prompting) --
+    def start_prompts(self):
+        """Add the prompt layers on the selected image; every change to them re-segments."""
+        import numpy as np
+
+        layer = self.image_layer()
+        if layer is None or geometry_of(layer.metadata) is None:
+            self._show("select an image opened by medseg first")
+            return None
+        try:
+            self.prompt_session = PromptSession(layer.data, layer.metadata)
+        except MedsegError as err:
+            self._show(str(err))
+            return None
+        for name in (POSITIVE_LAYER, NEGATIVE_LAYER, BOX_LAYER, PREVIEW_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        place = {"scale": tuple(layer.scale), "translate": tuple(layer.translate), "units": tuple(layer.units)}
+        self.viewer.add_labels(np.zeros(layer.data.shape, np.uint8), name=PREVIEW_LAYER, opacity=0.5, **place)
+        box = self.viewer.add_shapes(
+            name=BOX_LAYER, ndim=3, edge_color="yellow", face_color="transparent", edge_width=1, **place
+        )
+        box.events.data.connect(self._resegment)
+        negative = self.viewer.add_points(np.zeros((0, 3)), name=NEGATIVE_LAYER, face_color="red", **place)
+        negative.events.data.connect(self._resegment)
+        positive = self.viewer.add_points(np.zeros((0, 3)), name=POSITIVE_LAYER, face_color="lime", **place)
+        positive.events.data.connect(self._resegment)
+        self.viewer.layers.selection.active = positive
+        positive.mode = "add"
+        self._show("click inside the structure (prompt +); prompt - keeps parts out")
+        return positive
+
+    def _resegment(self, *_):
+        import numpy as np
+
+        layers = self.viewer.layers
+        if self.prompt_session is None or PREVIEW_LAYER not in layers or POSITIVE_LAYER not in layers:
+            return None
+        negative = layers[NEGATIVE_LAYER].data if NEGATIVE_LAYER in layers else None
+        boxes = list(layers[BOX_LAYER].data) if BOX_LAYER in layers else None
+        try:
+            mask = self.prompt_session.segment(layers[POSITIVE_LAYER].data, negative, boxes)
+        except MedsegError as err:
+            self._show(str(err))
+            return None
+        preview = layers[PREVIEW_LAYER]
+        preview.data = np.zeros(preview.data.shape, np.uint8) if mask is None else mask.astype(np.uint8)
+        self.prompt_mask = mask
+        if mask is not None:
+            ml = float(mask.sum()) * self.prompt_session.volume.voxel_volume_ml
+            self._show(f"prompt: {int(mask.sum())} voxels ({ml:.1f} ml); Accept to keep it")
+        return mask
+
+    def accept_prompt(self):
+        """Paint the previewed mask into the selected label layer (a new one if none) as the named label."""
+        labels = self.labels_layer() or self.add_new_labels()
+        if labels is None:
+            return None
+        try:
+            value = accept_mask(labels, self.prompt_mask, name=self.prompt_name.text().strip() or None)
+        except MedsegError as err:
+            self._show(str(err))
+            return None
+        self.clear_prompts()
+        self.refresh_volumes()
+        self._show(f"added label {value} '{self.prompt_name.text().strip()}' to {labels.name}")
+        return value
+
+    def clear_prompts(self):
+        import numpy as np
+
+        for name in (POSITIVE_LAYER, NEGATIVE_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers[name].data = np.zeros((0, 3))
+        if BOX_LAYER in self.viewer.layers:
+            self.viewer.layers[BOX_LAYER].data = []
+        self._resegment()
 
     def _show(self, text):
         self.status.setText(text)
