@@ -1,7 +1,8 @@
 """Find models by name or path and open them behind the model interface.
 
 ``open_model`` is the one door: a built-in model's name (``ct-anatomy``, weights-free), a shipped
-model's name (``configs/models/<name>.yaml``), a ModelSpec YAML, a MONAI bundle folder, a
+model's name (``configs/models/<name>.yaml``), a ModelSpec YAML or a folder holding one as
+``model.yaml`` (a ``medseg train`` run), a MONAI bundle folder, a
 ModelSpec or an already opened :class:`~medseg.models.base.Model`. ``medseg models`` lists what
 :func:`model_names` finds. Without a model, CT gets :data:`DEFAULT_MODEL`.
 """
@@ -22,6 +23,8 @@ from medseg.models.totalsegmentator import TotalSegmentatorModel, available_task
 
 #: models that need no file: name -> class (opened with the device)
 BUILTIN_MODELS: dict[str, type[Model]] = {"ct-anatomy": CtAnatomyModel}
+#: the ModelSpec inside a model folder (``medseg train`` writes RUN/model.yaml beside its weights)
+SPEC_FILE = "model.yaml"
 #: what ``medseg infer`` runs without ``--model``: the weights-free CT model (it refuses non-CT scans)
 DEFAULT_MODEL = "ct-anatomy"
 
@@ -110,12 +113,16 @@ def open_model(
         return NnUNetModel(nnunet[name], device, name=name, **(options or {}))
     path = Path(name).expanduser()
     if path.is_dir():
+        if (path / SPEC_FILE).is_file():  # a ModelSpec folder, e.g. what `medseg train` writes
+            return MonaiModel(load_spec(path / SPEC_FILE), device)
         if is_bundle(path):
             return BundleModel(path, device, trust=trust_bundle)
         if is_nnunet_folder(path):
             return NnUNetModel(path, device, **(options or {}))
         raise ModelError(
-            "is a folder; give a ModelSpec .yaml file, a MONAI bundle folder or an nnU-Net v2 results folder", path
+            f"is a folder; give a ModelSpec .yaml file, a folder with a {SPEC_FILE} (a `medseg train` run), "
+            "a MONAI bundle folder or an nnU-Net v2 results folder",
+            path,
         )
     if path.suffix.lower() in (".yaml", ".yml") or path.exists():
         return MonaiModel(load_spec(path), device)

@@ -136,6 +136,9 @@ class ModelSpec(_Strict):
     preprocessing: PreprocessSpec = PreprocessSpec()
     inference: InferenceSpec
     weights: WeightsSpec | None = None
+    #: where the weights came from (``medseg train`` writes the parent model, its sha256, the data
+    #: folder, steps and validation Dice); informational, never used to run the model
+    provenance: dict[str, Any] = Field(default_factory=dict)
     #: folder the spec was loaded from; relative weight paths resolve against it
     base_dir: str = "."
 
@@ -174,6 +177,22 @@ def spec_from_dict(data: dict[str, Any], source: str | Path = "<dict>", base_dir
         where = ".".join(str(p) for p in first["loc"]) or "spec"
         more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
         raise ModelError(f"invalid model spec at '{where}': {first['msg']}{more}", source) from None
+
+
+def spec_to_dict(spec: ModelSpec) -> dict[str, Any]:
+    """The YAML-ready mapping of ``spec`` (plain lists and ints; ``base_dir`` left out)."""
+    data = spec.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+    data["labels"] = {int(k): v for k, v in data["labels"].items()}
+    if not data.get("provenance"):
+        data.pop("provenance", None)
+    return data
+
+
+def write_spec(spec: ModelSpec, path: str | Path) -> Path:
+    """Write ``spec`` as YAML (atomically); relative weight paths resolve against ``path``'s folder."""
+    from medseg.io.atomic import write_text_atomic
+
+    return write_text_atomic(Path(path), yaml.safe_dump(spec_to_dict(spec), sort_keys=False))
 
 
 def load_spec(path: str | Path) -> ModelSpec:

@@ -11,6 +11,7 @@ import torch
 from medseg.errors import InputError
 from medseg.inference.preprocess import preprocess_image, preprocess_labels
 from medseg.io import read_volume
+from medseg.io.registry import IMAGE_SUFFIXES
 from medseg.models.spec import ModelSpec
 
 
@@ -22,15 +23,20 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def find_pairs(data_dir: str | Path) -> list[tuple[Path, Path]]:
     """Pair ``images/X`` with ``labels/X`` (same case name); a case without labels is an error."""
     data_dir = Path(data_dir)
     images, labels = data_dir / "images", data_dir / "labels"
     if not images.is_dir() or not labels.is_dir():
         raise InputError("training data needs 'images/' and 'labels/' subfolders", data_dir)
-    by_name = {_stem(p): p for p in labels.iterdir() if p.is_file()}
+    # only image files: label names sit beside the label files as JSON sidecars (<case>.json)
+    by_name = {_stem(p): p for p in labels.iterdir() if _is_image(p)}
     pairs = []
-    for img in sorted(p for p in images.iterdir() if p.is_file()):
+    for img in sorted(p for p in images.iterdir() if _is_image(p)):
         lbl = by_name.get(_stem(img))
         if lbl is None:
             raise InputError(f"no label file for case '{_stem(img)}' in labels/", data_dir)
@@ -69,8 +75,17 @@ def load_case(image_path: Path, label_path: Path, spec: ModelSpec, max_per_class
 class PatchSampler:
     """Random patches with foreground oversampling; 2D specs get single axial planes."""
 
-    def __init__(self, cases: list[CachedCase], patch: tuple[int, ...], fg_fraction: float = 0.67, seed: int = 0):
+    def __init__(
+        self,
+        cases: list[CachedCase],
+        patch: tuple[int, ...],
+        fg_fraction: float = 0.67,
+        seed: int = 0,
+        class_weights: dict[int, float] | None = None,
+    ):
         self.cases = cases
+        #: relative odds of a foreground class being the patch centre (default: all equal)
+        self.class_weights = class_weights
         self.patch3 = tuple(patch) if len(patch) == 3 else (patch[0], patch[1], 1)
         self.two_d = len(patch) == 2
         self.fg_fraction = fg_fraction
@@ -80,7 +95,11 @@ class PatchSampler:
         shape = case.labels.shape
         fg = [c for c in case.class_voxels if c != 0]
         if fg and self.rng.random() < self.fg_fraction:
-            c = fg[self.rng.integers(len(fg))]
+            if self.class_weights:
+                odds = np.array([self.class_weights.get(c, 1.0) for c in fg], dtype=float)
+                c = fg[int(self.rng.choice(len(fg), p=odds / odds.sum()))]
+            else:
+                c = fg[self.rng.integers(len(fg))]
             flat = int(self.rng.choice(case.class_voxels[c]))
             return tuple(int(v) for v in np.unravel_index(flat, shape))
         return tuple(int(self.rng.integers(s)) for s in shape)

@@ -1,4 +1,4 @@
-"""``medseg train``: Dice + cross-entropy on random patches, with checkpoints and exact resume.
+"""``medseg train``: Dice + cross-entropy on random patches, with validation, checkpoints and exact resume.
 
 Spatial augmentations (MONAI ``RandAffined``) are applied to image and label together, with
 bilinear and nearest interpolation respectively; intensity augmentations touch the image only.
@@ -17,11 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medseg.errors import InputError
 from medseg.io.atomic import atomic_path
 from medseg.models.checkpoints import sha256_of
 from medseg.models.networks import build_network
-from medseg.models.spec import ModelSpec
+from medseg.models.registry import SPEC_FILE
+from medseg.models.spec import ModelSpec, WeightsSpec, write_spec
 from medseg.train.dataset import CachedCase, PatchSampler, find_pairs, load_case
+from medseg.train.finetune import ParentModel, head_dims, initial_state
+from medseg.train.validation import mean_dice, split_cases, validate
 
 
 @dataclass
@@ -35,6 +39,11 @@ class TrainConfig:
     checkpoint_every: int = 100
     augment: bool = True
     fg_fraction: float = 0.67
+    #: learning-rate factor of the output-channel layers when fine-tuning (``init``): a split label's
+    #: two copies of the parent channel separate in far fewer steps (measured: README, "Fine-tuning")
+    head_lr_factor: float = 10.0
+    #: share of the cases held out for validation (at least one of two or more; 0: none)
+    val_fraction: float = 0.2
     threads: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -117,13 +126,21 @@ def train(
     log=print,
     cases: list[CachedCase] | None = None,
     stop_at: int | None = None,
+    val_cases: list[CachedCase] | None = None,
+    val_dir: str | Path | None = None,
+    init: ParentModel | None = None,
 ) -> dict:
-    """Train ``spec``'s network on ``data_dir``; writes ``out_dir/last.pt`` and ``out_dir/model.pt``.
+    """Train ``spec``'s network on ``data_dir``; writes ``out_dir/{last,model,best}.pt`` and ``model.yaml``.
 
-    With ``resume=True`` it continues from ``last.pt`` (weights, optimiser, step and samplers'
-    random state), so an interrupted run ends with the same weights as an uninterrupted one.
+    With ``resume=True`` it continues from ``last.pt`` (weights, optimiser, step, best validation
+    and random state), so an interrupted run ends with the same weights as an uninterrupted one.
     ``stop_at`` ends the run early after that step's checkpoint, as an interruption would.
-    Returns a summary dict (also written to ``out_dir/train_summary.json``).
+    Validation cases are ``val_cases``, or those in ``val_dir``, or ``cfg.val_fraction`` of the
+    cases; each checkpoint reports their Dice per label and keeps the best weights (mean Dice) in
+    ``best.pt``. ``init`` starts from a parent model's weights (:mod:`medseg.train.finetune`).
+    ``model.yaml`` is the result as a ModelSpec (``best.pt`` with validation, else ``model.pt``),
+    which ``medseg infer --model OUT_DIR`` runs. Returns a summary dict (also written to
+    ``out_dir/train_summary.json``).
     """
     from monai.losses import DiceCELoss
 
@@ -140,24 +157,42 @@ def train(
         pairs = find_pairs(data_dir)
         log(f"caching {len(pairs)} cases on the model grid ...")
         cases = [load_case(i, lbl, spec) for i, lbl in pairs]
-    log(f"{len(cases)} cases cached in {time.time() - t0:.1f}s; patch {patch}, batch {cfg.batch_size}")
+    if val_cases is None and val_dir is not None:
+        val_cases = [load_case(i, lbl, spec) for i, lbl in find_pairs(val_dir)]
+    if val_cases is None:
+        cases, val_cases = split_cases(cases, cfg.val_fraction, cfg.seed)
+    _check_label_values(cases + val_cases, spec)
+    log(
+        f"{len(cases)} training and {len(val_cases)} validation cases cached in {time.time() - t0:.1f}s; "
+        f"patch {patch}, batch {cfg.batch_size}"
+    )
 
     net = build_network(spec)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(_param_groups(net, spec, cfg, init), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, squared_pred=False, smooth_nr=1e-5, smooth_dr=1e-5)
-    sampler = PatchSampler(cases, patch, cfg.fg_fraction, seed=cfg.seed)
     augment = _augmenter(spec.network.spatial_dims, cfg.seed) if cfg.augment else None
-    start, history = 0, []
-    last = out_dir / "last.pt"
+    start, history, val_history = 0, [], []
+    best: dict = {}
+    channels: dict[str, str] = {}
+    last, best_path = out_dir / "last.pt", out_dir / "best.pt"
     if resume and last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=True)
         net.load_state_dict(ckpt["state_dict"])
         opt.load_state_dict(ckpt["optimizer"])
         start, history = int(ckpt["step"]), list(ckpt.get("history", []))
+        val_history, best = list(ckpt.get("val_history", [])), dict(ckpt.get("best", {}))
+        channels = dict(ckpt.get("channels", {}))
         torch.set_rng_state(ckpt["rng"]["torch"])
         np.random.set_state(_np_state_from_safe(ckpt["rng"]["numpy"]))
         random.setstate(ckpt["rng"]["python"])
         log(f"resumed from {last} at step {start}")
+    elif init is not None:
+        state, channels = initial_state(init, spec, cases, log=log)
+        net.load_state_dict(state, strict=True)
+        torch.manual_seed(cfg.seed)  # the same draws with or without a parent
+        log(f"starting from '{init.name}' ({init.family}, sha256 {init.sha256[:12]})")
+
+    sampler = PatchSampler(cases, patch, cfg.fg_fraction, seed=cfg.seed, class_weights=_new_label_odds(spec, channels))
 
     def save_checkpoint(step: int) -> None:
         state = {
@@ -165,6 +200,9 @@ def train(
             "optimizer": opt.state_dict(),
             "step": step,
             "history": history,
+            "val_history": val_history,
+            "best": best,
+            "channels": channels,
             "rng": _rng_state(),
             "config": asdict(cfg),
             "spec": spec.name,
@@ -172,11 +210,25 @@ def train(
         with atomic_path(last) as tmp:
             torch.save(state, tmp)
 
+    def run_validation(step: int) -> None:
+        t = time.time()
+        dice = validate(net, val_cases, spec)
+        mean = mean_dice(dice)
+        val_history.append({"step": step, "mean_dice": mean, "dice": dice})
+        log(
+            f"step {step} validation Dice (mean {mean:.4f}, {time.time() - t:.1f}s): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in dice.items())
+        )
+        if not math.isnan(mean) and mean > best.get("mean_dice", -1.0):
+            best.update({"step": step, "mean_dice": mean, "dice": dice})
+            with atomic_path(best_path) as tmp:
+                torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
+
     net.train()
     t_train, running = time.time(), []
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
+            group["lr"] = _lr_at(step, cfg) * group.get("lr_factor", 1.0)
         # patch choice and augmentation are seeded per step, so a resumed run draws what an
         # uninterrupted one would have drawn
         sampler.rng = np.random.default_rng([cfg.seed, step])
@@ -195,6 +247,8 @@ def train(
             log(f"step {step + 1}/{cfg.steps} loss {mean:.4f} lr {_lr_at(step, cfg):.2e} ({rate:.2f} steps/s)")
             running = []
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps or step + 1 == stop_at:
+            if val_cases:
+                run_validation(step + 1)
             save_checkpoint(step + 1)
         if stop_at is not None and step + 1 >= stop_at:
             log(f"stopped at step {step + 1} (checkpoint {last})")
@@ -203,17 +257,83 @@ def train(
     final = out_dir / "model.pt"
     with atomic_path(final) as tmp:
         torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
+    result = best_path if best else final
+    provenance = {
+        "trained_by": "medseg train",
+        "parent": {"name": init.name, "family": init.family, "sha256": init.sha256, "source": init.source}
+        if init is not None
+        else None,
+        "channels": channels or None,
+        "data": str(Path(data_dir).resolve()),
+        "steps": cfg.steps,
+        "train_cases": [c.name for c in cases],
+        "val_cases": [c.name for c in val_cases],
+        "best_step": best.get("step"),
+        "val_dice": best.get("dice"),
+        "val_mean_dice": best.get("mean_dice"),
+    }
+    provenance = {k: v for k, v in provenance.items() if v is not None}
+    result_spec = spec.model_copy(
+        update={
+            "weights": WeightsSpec(path=result.name, sha256=sha256_of(result)),
+            "provenance": provenance,
+            "base_dir": str(out_dir.resolve()),
+        }
+    )
+    write_spec(result_spec, out_dir / SPEC_FILE)
     summary = {
         "spec": spec.name,
         "steps": cfg.steps,
         "config": asdict(cfg),
         "cases": [c.name for c in cases],
+        "val_cases": [c.name for c in val_cases],
         "weights": str(final),
         "sha256": sha256_of(final),
+        "model": str(out_dir / SPEC_FILE),
+        "model_weights": str(result),
+        "best": best or None,
+        "val_history": val_history,
         "final_loss": history[-1]["loss"] if history else None,
         "train_seconds": round(time.time() - t0, 1),
     }
     with atomic_path(out_dir / "train_summary.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
+        tmp.write_text(json.dumps(summary, indent=2, default=float))
     log(f"wrote {final} (sha256 {summary['sha256']})")
+    if best:
+        log(f"best validation mean Dice {best['mean_dice']:.4f} at step {best['step']} ({best_path})")
+    log(f"model: {out_dir / SPEC_FILE} (medseg infer SCAN --model {out_dir})")
     return summary
+
+
+def _param_groups(net: torch.nn.Module, spec: ModelSpec, cfg: TrainConfig, init: ParentModel | None) -> list[dict]:
+    if init is None or cfg.head_lr_factor == 1.0:
+        return [{"params": list(net.parameters())}]
+    head = set(head_dims(spec))
+    named = list(net.named_parameters())
+    return [
+        {"params": [p for k, p in named if k not in head]},
+        {"params": [p for k, p in named if k in head], "lr_factor": cfg.head_lr_factor},
+    ]
+
+
+def _new_label_odds(spec: ModelSpec, channels: dict[str, str]) -> dict[int, float] | None:
+    """Patch-centre odds that put half of the foreground patches on the labels new to a fine-tune:
+    they are what the data has to teach, the kept ones only need keeping."""
+    new = [k for k, v in spec.foreground.items() if channels.get(v.name, "kept") != "kept"]
+    kept = len(spec.foreground) - len(new)
+    if not new or not kept:
+        return None
+    return {k: kept / len(new) for k in new}
+
+
+def _check_label_values(cases: list[CachedCase], spec: ModelSpec) -> None:
+    """Every label value in the data must be one of the spec's labels."""
+    for case in cases:
+        unknown = sorted(set(case.class_voxels) - set(spec.labels) - {0})
+        if unknown:
+            raise InputError(
+                f"case '{case.name}' has label value(s) {', '.join(map(str, unknown))} that the label set "
+                f"({', '.join(f'{k}={v.name}' for k, v in sorted(spec.labels.items()))}) does not name; name "
+                "them in a labels.json, the label files' sidecars or --labels",
+                case.name,
+            )

@@ -11,9 +11,9 @@ medseg phantom "$work/train" -n 40 --seed 1000 > /dev/null
 
 # both models train at once, one CPU thread each
 medseg train "$repo/configs/models/phantom-unet3d.yaml" --data "$work/train" --out "$work/unet3d" \
-    --steps 2500 --batch-size 2 --seed 0 --threads 1 > "$work/unet3d.log" 2>&1 &
+    --steps 2500 --batch-size 2 --seed 0 --threads 1 --val-fraction 0 > "$work/unet3d.log" 2>&1 &
 medseg train "$repo/configs/models/phantom-unet2d.yaml" --data "$work/train" --out "$work/unet2d" \
-    --steps 2000 --batch-size 12 --seed 0 --threads 1 > "$work/unet2d.log" 2>&1 &
+    --steps 2000 --batch-size 12 --seed 0 --threads 1 --val-fraction 0 > "$work/unet2d.log" 2>&1 &
 wait
 
 # evaluation: 10 fresh phantoms, seeds 9000-9009, never used in training
