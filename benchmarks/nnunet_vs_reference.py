@@ -75,8 +75,10 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 1.5))
     ap.add_argument("--folds", nargs="+", default=["0", "1"])
     ap.add_argument("--model", type=Path, default=MODEL)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="medseg's CPU precision")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; model {args.model.name}, folds {args.folds}, "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; medseg precision {args.precision}; "
+          f"model {args.model.name}, folds {args.folds}, "
           f"TTA {'on' if args.tta else 'off'}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -90,7 +92,7 @@ def main() -> None:
         ours = tmp / "medseg_seg.nii.gz"
         med_cmd = [sys.executable, "-m", "medseg.cli", "infer", str(scan), "-o", str(ours), "--model", str(args.model),
                    "--folds", ",".join(args.folds), "--tta" if args.tta else "--no-tta", "--device", "cpu", "-q",
-                   "--force-modality"]  # fmt: skip
+                   "--force-modality", "--precision", args.precision]  # fmt: skip
         runs: dict[str, list[tuple[float, int]]] = {"nnU-Net": [], "medseg": []}
         for r in range(args.repeats):
             for name, cmd in (("nnU-Net", ref_cmd), ("medseg", med_cmd)):

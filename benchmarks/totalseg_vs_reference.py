@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--task", default="total-fast", help="total, total-fast or total-fastest (medseg's names)")
     ap.add_argument("--roi-subset", default="", help="e.g. liver,spleen")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="medseg's CPU precision")
     ap.add_argument("--shape", type=int, nargs=3, default=(512, 512, 200))
     ap.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 1.5))
     ap.add_argument("--home", type=Path, default=None, help="a TOTALSEG_HOME_DIR (default: the stand-ins)")
@@ -67,6 +68,7 @@ def main() -> None:
         if args.roi_subset:
             ref_cmd += ["--roi_subset", *args.roi_subset.split(",")]
             med_cmd += ["--roi-subset", args.roi_subset]
+        med_cmd += ["--precision", args.precision]
         runs: dict[str, list[tuple[float, int]]] = {"TotalSegmentator": [], "medseg": []}
         ref_tail = ""
         for r in range(args.repeats):

@@ -208,6 +208,7 @@ class TotalSegmentatorModel(Model):
         tta: bool | None = None,
         step_size: float | None = None,
         root: Path | None = None,
+        precision: str | None = None,
     ) -> None:
         super().__init__()
         self.task, self.mode = parse_task(spec)
@@ -257,7 +258,7 @@ class TotalSegmentatorModel(Model):
             robust = bool(self.config.get("robust_crop")) or self.task.endswith("_mr")
             crop_task = "total_mr" if self.task.endswith("_mr") else "total"
             self.crop_model = TotalSegmentatorModel(f"{crop_task}-{'fast' if robust else 'fastest'}", device,
-                                                    root=self.root)  # fmt: skip
+                                                    root=self.root, precision=precision)  # fmt: skip
         codes = snomed_codes()
         keep = set(self.roi_subset) if self.roi_subset else names
         self.labels = {0: Label("background", (0, 0, 0))}
@@ -268,6 +269,9 @@ class TotalSegmentatorModel(Model):
         self.windows = None
         self.device = device
         self.trust_checkpoint = trust_checkpoint
+        from medseg.models.nnunet.model import check_precision
+
+        self.precision = check_precision(precision, self.name)
         self.version = ""
         self.description = (
             f"TotalSegmentator task {self.task} ({self.mode}), datasets {', '.join(map(str, self._ids_to_run()))} "
@@ -344,7 +348,7 @@ class TotalSegmentatorModel(Model):
             if tid not in self.parts:
                 self.parts[tid] = NnUNetModel(
                     folder, self.device, folds=[0], tta=False, step_size=self.step_size,
-                    trust_checkpoint=self.trust_checkpoint, name=f"{self.name}#{tid}",
+                    trust_checkpoint=self.trust_checkpoint, name=f"{self.name}#{tid}", precision=self.precision,
                 )  # fmt: skip
         return self.parts
 

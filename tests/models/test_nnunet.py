@@ -318,3 +318,21 @@ def test_streamed_export_equals_nnunets_export(model_shape):
     assert np.mean(ours == theirs) > 0.9995  # measured: identical on both grids
     for k in range(1, 8):
         assert dice(ours == k, theirs == k) > 0.999
+
+
+def test_bf16_precision_on_the_cpu_keeps_the_labels_and_is_recorded(tmp_path):
+    """``--precision bf16``: bfloat16 autocast on the CPU (logits summed in float32 as always); the
+    labels stay those of the float32 run but for near-ties on boundaries."""
+    scan = _scan(tmp_path / "scan.nii.gz", 9109, (2.0, 2.0, 2.5), box_mm=(120.0, 100.0, 80.0))
+    labels = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / precision / "scan_seg.nii.gz"
+        options = {"folds": [0], "tta": False, "precision": precision}
+        infer_file(scan, output=out, model=str(CONFIG), device="cpu", force_modality=True, model_options=options)
+        assert json.loads(out.with_name("scan_seg.json").read_text())["model"]["precision"] == precision
+        labels[precision] = np.asarray(nib.load(out).dataobj)
+    a, b = labels["fp32"], labels["bf16"]
+    for k in set(np.unique(a).tolist()) - {0}:
+        assert dice(a == k, b == k) > 0.99, k
+    with pytest.raises(ModelError, match="precision must be one of fp32, bf16"):
+        NnUNetModel(CONFIG, "cpu", precision="fp16")
