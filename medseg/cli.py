@@ -148,19 +148,28 @@ _MODEL_OPTIONS = (
     click.option(
         "--trust-checkpoint", is_flag=True, help="Unpickle checkpoints that hold more than tensors (runs code in them)."
     ),
+    click.option(
+        "--precision",
+        type=click.Choice(["fp32", "bf16"]),
+        default=None,
+        help="nnU-Net/TotalSegmentator on the CPU: fp32 (the reference's) or bf16 autocast (faster on CPUs "
+        "with AVX-512 BF16/AMX; labels may differ at boundaries) [fp32].",
+    ),
 )
 
 
 def model_options(fn):
-    """Add ``--folds``, ``--tta/--no-tta``, ``--step-size``, ``--roi-subset`` and ``--trust-checkpoint``, folded
-    into one kwarg ``model_options`` (a dict for :func:`medseg.models.registry.open_model`)."""
+    """Add ``--folds``, ``--tta/--no-tta``, ``--step-size``, ``--roi-subset``, ``--trust-checkpoint`` and
+    ``--precision``, folded into one kwarg ``model_options`` (a dict for :func:`medseg.models.registry.open_model`)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, folds, tta, step_size, roi_subset, trust_checkpoint, **kwargs):
+    def wrapper(*args, folds, tta, step_size, roi_subset, trust_checkpoint, precision, **kwargs):
         from medseg.models.nnunet.folder import parse_folds
 
         options = {"folds": parse_folds(folds), "tta": tta, "step_size": step_size}
         options["trust_checkpoint"] = trust_checkpoint
+        if precision:
+            options["precision"] = precision
         if roi_subset:
             options["roi_subset"] = [name.strip() for name in roi_subset.split(",") if name.strip()]
         return fn(*args, model_options=options, **kwargs)
@@ -374,35 +383,104 @@ def phantom(out_dir, count, seed, orientation, spacing, oblique, layout) -> None
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(path_type=Path))
+@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(path_type=Path))
 @click.option(
     "--data", "data_dir", required=True, type=click.Path(path_type=Path), help="Folder with images/ and labels/."
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Checkpoint folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Run folder (the result model).")
+@click.option(
+    "--init-from",
+    default=None,
+    help="Start from this model's weights (as --model: name, ModelSpec .yaml or folder, MONAI bundle).",
+)
+@click.option(
+    "--labels",
+    default=None,
+    help="Label names in index order (kidney_left,kidney_right) or a JSON file [from DIR or the label sidecars].",
+)
+@click.option("--name", default=None, help="The result model's name [fine-tune: the --out folder's name; else SPEC's].")
+@click.option(
+    "--val-fraction",
+    type=FiniteRange(0.0, 1.0, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of the cases held out for validation (at least one of two or more; 0: none).",
+)
+@click.option(
+    "--val", "val_dir", default=None, type=click.Path(path_type=Path), help="Validation cases folder instead."
+)
 @click.option("--steps", type=click.IntRange(min=1), default=2000, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--lr", type=FiniteRange(min=0.0, min_open=True, max=10.0), default=2e-3, show_default=True)
+@click.option(
+    "--head-lr-factor",
+    type=FiniteRange(min=0.0, min_open=True, max=1000.0),
+    default=10.0,
+    show_default=True,
+    help="With --init-from: the output-channel layers learn this many times faster.",
+)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True)
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--no-augment", is_flag=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
+@click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
 @handle_errors
 def train(
-    spec_path, data_dir, out_dir, steps, batch_size, lr, seed, checkpoint_every, threads, no_augment, resume
+    spec_path,
+    data_dir,
+    out_dir,
+    init_from,
+    labels,
+    name,
+    val_fraction,
+    val_dir,
+    steps,
+    batch_size,
+    lr,
+    head_lr_factor,
+    seed,
+    checkpoint_every,
+    threads,
+    no_augment,
+    resume,
+    trust_bundle,
 ) -> None:
-    """Train SPEC's network (Dice + cross-entropy) on image/label pairs; resumable.
+    """Train a network (Dice + cross-entropy) on image/label pairs, or fine-tune one with --init-from.
 
     \b
-    Example:
+    Writes OUT/model.yaml (a ModelSpec: `medseg infer SCAN --model OUT`), OUT/best.pt (best mean
+    validation Dice), OUT/model.pt (last step), OUT/last.pt (for --resume) and train_summary.json.
+    With --init-from, SPEC is optional: the network, preprocessing and tiling are the model's (a
+    SPEC replaces them; the weights must still fit), the labels those of the data (DIR/labels.json,
+    DIR/dataset.json, the label files' sidecars, or --labels). Channels are matched by name: kept
+    labels keep their weights, new labels start from the parent structure the model predicts
+    for them, labels the data no longer has are dropped.
+    \b
+    Examples:
       medseg phantom data/train -n 40 --seed 1000
       medseg train configs/models/phantom-unet3d.yaml --data data/train --out runs/unet3d --steps 2000
+      medseg train --init-from phantom-unet3d --data corrected/ --out runs/kidneys --steps 300
+      medseg infer scan.nii.gz --model runs/kidneys
     """
     from medseg.models.registry import resolve_spec
     from medseg.train.loop import TrainConfig
     from medseg.train.loop import train as run_training
 
-    spec = resolve_spec(spec_path)
+    if spec_path is None and init_from is None:
+        raise click.UsageError("give a SPEC to train, or --init-from MODEL to fine-tune")
+    spec = resolve_spec(spec_path, trust_bundle) if spec_path is not None else None
+    parent = None
+    if init_from is not None:
+        from medseg.train.finetune import prepare_finetune
+
+        parent, spec = prepare_finetune(
+            init_from, data_dir, name or Path(out_dir).resolve().name, spec, labels, trust_bundle
+        )
+    elif labels is not None:
+        raise click.UsageError("--labels needs --init-from (a SPEC's labels are its own)")
+    elif name:
+        spec = spec.model_copy(update={"name": name})
     cfg = TrainConfig(
         steps=steps,
         batch_size=batch_size,
@@ -410,9 +488,11 @@ def train(
         seed=seed,
         checkpoint_every=checkpoint_every,
         augment=not no_augment,
+        head_lr_factor=head_lr_factor,
+        val_fraction=val_fraction,
         threads=threads,
     )
-    run_training(spec, data_dir, out_dir, cfg, resume=resume, log=lambda m: click.echo(m))
+    run_training(spec, data_dir, out_dir, cfg, resume=resume, log=lambda m: click.echo(m), val_dir=val_dir, init=parent)
 
 
 @main.command()
@@ -678,7 +758,7 @@ def convert(input_path, output, read_options) -> None:
 
 
 @main.command()
-@click.argument("image", type=click.Path(exists=True, path_type=Path))
+@click.argument("image", required=False, type=click.Path(exists=True, path_type=Path))
 @click.argument("labels", nargs=-1, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--window",
@@ -694,21 +774,88 @@ def convert(input_path, output, read_options) -> None:
     type=click.Path(path_type=Path),
     help="Write a PNG of the window and exit (uses Xvfb when there is no display).",
 )
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Cohort: the cases of a CSV with columns id,path (as `medseg batch --manifest`; optional labels column).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "out_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="With --manifest: the medseg batch output folder holding the labels (the review ledger goes there too).",
+)
+@click.option("--unreviewed-only", is_flag=True, help="Cohort: Previous/Next skip cases already reviewed or skipped.")
+@click.option("--case", "start_case", default=None, help="Cohort: start at this case id (default: first not reviewed).")
+@click.option("--reviewer", default=None, help="Cohort: the name recorded in the review ledger (default: $USER).")
+@click.option("--list", "list_only", is_flag=True, help="Cohort: print each case's review status and exit.")
 @reader_options
 @handle_errors
-def view(image, labels, window, model, no_widget, screenshot, read_options) -> None:
+def view(
+    image,
+    labels,
+    window,
+    model,
+    no_widget,
+    screenshot,
+    manifest,
+    out_dir,
+    unreviewed_only,
+    start_case,
+    reviewer,
+    list_only,
+    read_options,
+) -> None:
     """Review IMAGE (NIfTI, NRRD, DICOM folder) and LABELS in napari at physical scale, slice by slice.
 
     \b
     Axial view in the radiological convention (patient's right on the left), labels named and
     coloured from their medseg sidecar (or --model). Paint, then File > Save Selected Layers
     (.nii.gz) or the widget's "Save labels...": saved labels keep IMAGE's exact grid.
+
+    \b
+    A cohort, case by case: IMAGE may be a `medseg batch` output folder, a folder of scans
+    (NIfTI/NRRD/MHA, with <scan>_seg.nii.gz beside them), or --manifest cases.csv. A folder holding
+    only DICOM files is one scan. Corrected labels are saved as <case>_seg_corrected.nii.gz beside
+    the model's; medseg_review.jsonl records what was reviewed, and the next run resumes at the
+    first case not yet reviewed.
     Example:
       medseg view scan.nii.gz scan_seg.nii.gz
       medseg view dicom/CT_series/ --window lung
       medseg view study/ --series 3 --keep-tilt
       medseg view scan.nii.gz scan_seg.nii.gz --screenshot review.png
+      medseg view results/                      # the cohort `medseg batch cohort/ -o results/` made
+      medseg view --manifest cases.csv -o results/ --unreviewed-only
     """
+    cohort_flags = {
+        "-o/--output": out_dir is not None,
+        "--unreviewed-only": unreviewed_only,
+        "--case": start_case is not None,
+        "--reviewer": reviewer is not None,
+        "--list": list_only,
+    }
+    if image is None and manifest is None:
+        raise click.UsageError("give IMAGE [LABELS ...], a cohort folder, or --manifest cases.csv")
+    if image is not None and manifest is not None:
+        raise click.UsageError("give either IMAGE (or a cohort folder) or --manifest, not both")
+    is_cohort = manifest is not None
+    if image is not None and image.is_dir():
+        from medseg.viewer.cohort import is_cohort_folder
+
+        is_cohort = is_cohort_folder(image)
+        if is_cohort and labels:
+            raise click.UsageError(f"{image} is a cohort folder (its cases carry their labels); it takes no LABELS")
+    if is_cohort:
+        viewer_args = {"window": window, "model": model, "widget": not no_widget, "read_options": read_options}
+        session_args = {"reviewer": reviewer, "unreviewed_only": unreviewed_only, "start": start_case}
+        _view_cohort(image, manifest, out_dir, screenshot, list_only, session_args, viewer_args)
+        return
+    used = [flag for flag, on in cohort_flags.items() if on]
+    if used:
+        raise click.UsageError(
+            f"{used[0]} works on a cohort (a medseg batch output folder, a folder of scans, or --manifest)"
+        )
     from medseg.viewer.launch import require_napari
 
     require_napari()
@@ -731,6 +878,111 @@ def view(image, labels, window, model, no_widget, screenshot, read_options) -> N
 
     open_viewer(image, labels, window=window, model=model, widget=not no_widget, show=True, read_options=read_options)
     napari.run()
+
+
+def _view_cohort(folder, manifest, out_dir, screenshot, list_only, session_args: dict, viewer_args: dict) -> None:
+    """``medseg view DIR`` / ``--manifest``: step through a cohort (see :mod:`medseg.viewer.cohort`)."""
+    from medseg.viewer.cohort import CohortSession, open_cohort
+
+    if viewer_args["read_options"].series is not None:
+        raise click.UsageError("--series picks one scan's series; it does not apply to a cohort")
+    if out_dir is not None and manifest is None:
+        raise click.UsageError("-o/--output goes with --manifest (a batch output folder is itself the cohort)")
+    cohort = open_cohort(folder, manifest=manifest, output=out_dir)
+    session = CohortSession(cohort, **session_args)
+    click.echo(cohort.describe())
+    for note in cohort.notes:
+        click.echo(f"note: {note}")
+    if list_only:
+        for case in session.cases:
+            opened = case.labels_to_open.name if case.labels_to_open is not None else "-"
+            click.echo(f"{case.case_id}\t{session.status(case)}\t{opened}")
+        counts = session.counts()
+        click.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+        return
+    from medseg.viewer._cohort_widget import open_cohort_viewer
+    from medseg.viewer.launch import require_napari
+
+    require_napari()
+    click.echo(f"{session.current.case_id}: {session.progress_text()}")
+    if screenshot is not None:
+        from medseg.viewer.display import virtual_display
+        from medseg.viewer.launch import fit_window, save_screenshot
+
+        with virtual_display():
+            viewer, _ = open_cohort_viewer(session, **viewer_args)
+            fit_window(viewer)
+            save_screenshot(viewer, screenshot)
+            viewer.close()
+        click.echo(f"wrote {screenshot}")
+        return
+    import napari
+
+    open_cohort_viewer(session, **viewer_args)
+    napari.run()
+
+
+@main.command()
+@click.argument("image", type=click.Path(exists=True, path_type=Path))
+@click.option("--voxel", "voxels", multiple=True, help="I,J,K: a click inside the structure, array indices (repeat).")
+@click.option("--point", "points", multiple=True, help="X,Y,Z: a click inside the structure, RAS mm (repeat).")
+@click.option("--negative", "negatives", multiple=True, help="I,J,K: a click on what must stay out (repeat).")
+@click.option("--negative-point", "negative_points", multiple=True, help="X,Y,Z: a negative click in RAS mm.")
+@click.option("--box", default=None, help="I0,J0,K0,I1,J1,K1: inclusive corners; the mask stays inside.")
+@click.option("--labels", "labels_path", type=click.Path(exists=True, path_type=Path), help="Add to this label file.")
+@click.option("--as", "label_name", default=None, help="Label name (needed with --labels; replaces a same-named one).")
+@click.option(
+    "--from-labels",
+    "from_labels",
+    type=click.Path(exists=True, path_type=Path),
+    help="A model's label file: take the connected label component under each click instead of growing.",
+)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output .nii.gz (default with --labels: it).")
+@reader_options
+@handle_errors
+def prompt(
+    image, voxels, points, negatives, negative_points, box, labels_path, label_name, from_labels, output, read_options
+) -> None:
+    """Segment the structure at clicks in IMAGE, weights-free, as a mask on IMAGE's exact grid.
+
+    \b
+    Seeded region growing around the clicks (intensities from the clicks' neighbourhood, the
+    tolerance halfway to the first leak, negative clicks competing for touching parts, holes filled),
+    in physical mm. --voxel takes IMAGE's array indices, --point RAS millimetres.
+    Example:
+      medseg prompt scan.nii.gz --voxel 120,140,60 -o liver.nii.gz
+      medseg prompt scan.nii.gz --point -60,20,-110 --negative 150,140,60 -o liver.nii.gz
+      medseg prompt scan.nii.gz --voxel 120,140,60 --labels scan_seg.nii.gz --as liver
+    """
+    import time
+
+    from medseg.io import read_volume
+    from medseg.prompt import Prompts, PromptSegmenter, parse_box, parse_voxel, world_to_voxel
+    from medseg.prompt.labelfile import write_prompt_labels
+    from medseg.prompt.prompts import parse_numbers
+
+    if labels_path is not None and not label_name:
+        raise click.UsageError("--labels needs --as NAME (the label to add or replace)")
+    if output is None and labels_path is None:
+        raise click.UsageError("give -o MASK.nii.gz (or --labels LABELS.nii.gz --as NAME)")
+    if not (voxels or points):
+        raise click.UsageError("give at least one --voxel I,J,K or --point X,Y,Z inside the structure")
+    output = output if output is not None else labels_path
+    t0 = time.perf_counter()
+    volume = read_volume(image, read_options)
+    positive = [parse_voxel(v) for v in voxels] + [world_to_voxel(volume, parse_numbers(p, 3, "point")) for p in points]
+    negative = [parse_voxel(v) for v in negatives] + [
+        world_to_voxel(volume, parse_numbers(p, 3, "point")) for p in negative_points
+    ]
+    prompts = Prompts.of(positive, negative, parse_box(box) if box else None)
+    model_labels = None
+    if from_labels is not None:
+        model_labels = read_volume(from_labels).array
+    mask = PromptSegmenter(volume).segment(prompts, model_labels)
+    written, value = write_prompt_labels(mask, volume, output, label_name, labels_path)
+    ml = float(mask.sum()) * volume.voxel_volume_ml
+    what = f"label {value} {label_name!r}" if label_name else "mask"
+    click.echo(f"{image} -> {written}: {what}, {int(mask.sum())} voxels ({ml:.1f} ml), {time.perf_counter() - t0:.1f}s")
 
 
 @main.command("plan")
