@@ -86,13 +86,17 @@ def load_network(spec: ModelSpec, device: str = "cpu"):
             raise ModelError(f"not a loadable TorchScript file ({str(err).splitlines()[0][:160]})", path) from None
         return net.eval(), digest
     net = build_network(spec)
-    state = load_state_dict_file(path)
+    problem = f"checkpoint does not fit network {spec.network.cls} of spec '{spec.name}'"
+    load_state_strictly(net, load_state_dict_file(path), problem, path)
+    return net.to(device).eval(), digest
+
+
+def load_state_strictly(net: torch.nn.Module, state: dict, problem: str, where) -> None:
+    """``net.load_state_dict(state, strict=True)``; a mismatch is a :class:`ModelError` saying
+    ``problem`` and the first two lines of torch's list of missing/unexpected/misshapen keys."""
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as err:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
-        raise ModelError(
-            f"checkpoint does not fit network {spec.network.cls} of spec '{spec.name}': {detail[:300]}", path
-        ) from None
-    return net.to(device).eval(), digest
+        raise ModelError(f"{problem}: {detail[:300]}", where) from None

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from medseg.errors import ModelError
+from medseg.models.checkpoints import load_state_strictly
 from medseg.models.networks import build_network
 from medseg.models.spec import LabelSpec, ModelSpec
 from medseg.train.labels import LabelSet
@@ -226,16 +227,13 @@ def initial_state(
     )
     state = remap_state(parent.state, dims, sources, n_parent)
     net = build_network(child)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0]
-        raise ModelError(
-            f"the weights of '{parent.name}' do not fit network {child.network.cls} of the spec being trained "
-            f"(only the output channels may differ): {detail[:300]}",
-            parent.source or parent.name,
-        ) from None
+    load_state_strictly(
+        net,
+        state,
+        f"the weights of '{parent.name}' do not fit network {child.network.cls} of the spec being trained "
+        "(only the output channels may differ)",
+        parent.source or parent.name,
+    )
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, how
 
 
