@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import math
 import os
@@ -43,6 +44,7 @@ from medseg.io.dicom_geometry import (
     slice_normal,
     untilt,
 )
+from medseg.io.validate import MAX_AFFINE_MM
 from medseg.volume import LPS_TO_RAS, Volume
 
 #: names that mark a file as DICOM without opening it
@@ -79,6 +81,18 @@ _NON_IMAGE_SOP_PREFIXES = {
     "1.2.840.10008.5.1.4.1.1.11": "presentation state",
     "1.2.840.10008.5.1.4.1.1.104": "encapsulated document",
     "1.2.840.10008.5.1.4.1.1.9": "waveform",
+}
+#: Modality values of non-image objects: what marks them when an anonymiser removed the SOPClassUID
+_NON_IMAGE_MODALITIES = {
+    "SEG": "segmentation / registration object",
+    "REG": "segmentation / registration object",
+    "RTSTRUCT": "radiotherapy object",
+    "RTPLAN": "radiotherapy object",
+    "RTDOSE": "radiotherapy object",
+    "RTRECORD": "radiotherapy object",
+    "SR": "structured report",
+    "PR": "presentation state",
+    "DOC": "encapsulated document",
 }
 _LOCALIZER_TYPES = {"LOCALIZER", "SCOUT", "SURVEY", "TOPOGRAM"}
 _PATIENT_KEYS = ("PatientName", "PatientID")
@@ -133,13 +147,22 @@ def is_dicom_input(path: Path) -> bool:
     return path.is_dir() or is_dicom_file(path)
 
 
+@contextlib.contextmanager
+def _quiet_pydicom():
+    """pydicom warns about malformed elements as it reads and converts them (wrong VR, over-long or
+    invalid values); medseg decides what is usable and says so in one line, so those are not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom(\.|$)")
+        yield
+
+
 def _read_header(path: Path):
     """Header without pixel data, or ``None`` if the file is not DICOM."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        with _open(path) as fh:
+        with _open(path) as fh, _quiet_pydicom():
             try:
                 return pydicom.dcmread(fh, stop_before_pixels=True)
             except InvalidDicomError:
@@ -339,7 +362,10 @@ def _series_info(ds, path: Path) -> dict[str, Any]:
     }
     if not info["SeriesInstanceUID"]:
         # no UID: files of one folder with the same series number and description belong together
-        info["SeriesInstanceUID"] = f"no-uid:{path.parent}:{info['SeriesNumber']}:{info['SeriesDescription']}"
+        # (and study: series numbers restart in every study, and one folder may hold two studies' series)
+        info["SeriesInstanceUID"] = (
+            f"no-uid:{path.parent}:{info['StudyInstanceUID']}:{info['SeriesNumber']}:{info['SeriesDescription']}"
+        )
     return info
 
 
@@ -385,6 +411,7 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
     position = _as_float_list(ds.get("ImagePositionPatient"), 3)
     orientation = _as_float_list(ds.get("ImageOrientationPatient"), 6)
     spacing = _as_float_list(ds.get("PixelSpacing"), 2)
+    problem = problem or _geometry_problem(position, orientation, spacing)
     key_common = {
         "image_type": _image_type(ds.get("ImageType")),
         "echo": _num(ds.get("EchoNumbers")),
@@ -402,6 +429,37 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
         path, None, None, sop_uid, rows, cols, position, orientation, _spacing(spacing), slope, intercept, volume_key
     )
     return [frame], [key_common], problem
+
+
+#: how far ImageOrientationPatient's two vectors may be from unit length and from orthogonal (a few
+#: scanners write 5-6 significant digits, far inside this)
+ORIENTATION_TOLERANCE = 1e-2
+
+
+def _geometry_problem(
+    position: np.ndarray | None, orientation: np.ndarray | None, spacing: np.ndarray | None
+) -> str | None:
+    """Why an image's position, orientation or pixel spacing cannot place it in space (None when they can).
+
+    Direction cosines that are not two orthogonal unit vectors, or a spacing that is not positive,
+    would give a volume on a scaled, sheared or mirrored grid, not the scanner's; a position or
+    spacing beyond a kilometre is a corrupt header (and overflows the geometry)."""
+    for name, values in (("ImagePositionPatient", position), ("PixelSpacing", spacing)):
+        if values is not None and np.abs(values).max() > MAX_AFFINE_MM:
+            return f"{name} ({_dicom_values(values)}) is beyond any scanner's field of view"
+    if orientation is not None:
+        row, col = orientation[:3], orientation[3:]
+        norms = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+        if max(abs(n - 1.0) for n in norms) > ORIENTATION_TOLERANCE or abs(float(row @ col)) > ORIENTATION_TOLERANCE:
+            return f"ImageOrientationPatient ({_dicom_values(orientation)}) is not two orthogonal unit vectors"
+    if spacing is not None and not np.all(spacing > 0):
+        return f"PixelSpacing ({_dicom_values(spacing)}) is not positive"
+    return None
+
+
+def _dicom_values(values) -> str:
+    """A multi-valued element as DICOM writes it: ``1\\0\\0``."""
+    return "\\".join(f"{float(v):g}" for v in values)
 
 
 def _spacing(arr) -> tuple[float, float] | None:
@@ -521,6 +579,13 @@ def scan_dicom(path: str | Path, recursive: bool = True, first: Path | None = No
     root = Path(path)
     scan = DicomScan(root)
     by_key: dict[tuple, list[tuple[Frame, dict, dict, str | None]]] = {}
+    with _quiet_pydicom():
+        _scan_files(scan, root, recursive, first, by_key)
+    scan.stacks = _build_stacks(by_key)
+    return scan
+
+
+def _scan_files(scan: DicomScan, root: Path, recursive: bool, first: Path | None, by_key: dict) -> None:
     seen_sops: set[tuple[str, int | None]] = set()
     for file in _walk(root, recursive, first):
         scan.n_files += 1
@@ -536,7 +601,12 @@ def scan_dicom(path: str | Path, recursive: bool = True, first: Path | None = No
         if _DICOMDIR_SOP in (sop_class, media):
             scan.skipped.append((file, "DICOMDIR"))
             continue
+        # without a SOPClassUID (anonymised), the file meta's copy of it, the modality or a SEG's segments tell
+        sop_class = sop_class or media
         kind = next((v for k, v in _NON_IMAGE_SOP_PREFIXES.items() if sop_class.startswith(k)), None)
+        kind = kind or _NON_IMAGE_MODALITIES.get(str(ds.get("Modality", "") or "").strip().upper())
+        if kind is None and "SegmentSequence" in ds:
+            kind = _NON_IMAGE_SOP_PREFIXES["1.2.840.10008.5.1.4.1.1.66"]
         if kind or "Rows" not in ds or "Columns" not in ds:
             scan.non_images.append((file, kind or "no image data"))
             continue
@@ -568,8 +638,6 @@ def scan_dicom(path: str | Path, recursive: bool = True, first: Path | None = No
             by_key.setdefault(group_key, []).append(
                 (frame, split, info if key.get("mosaic") is None else dict(info, mosaic=True), problem)
             )
-    scan.stacks = _build_stacks(by_key)
-    return scan
 
 
 def _cluster_orientations(items):
@@ -710,7 +778,7 @@ class _PixelCache:
         import pydicom
 
         try:
-            with _open(path) as fh:
+            with _open(path) as fh, _quiet_pydicom():
                 ds = pydicom.dcmread(fh, force=True)
         except Exception as err:  # noqa: BLE001
             raise InputError(f"cannot read the file ({type(err).__name__}: {str(err)[:120]})", path) from None
@@ -721,13 +789,17 @@ class _PixelCache:
                 arr = ds.pixel_array
         except Exception as err:  # noqa: BLE001 - decoder errors come in many types
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-            name = ts.name if ts is not None else "unknown transfer syntax"
-            raise InputError(
-                f"cannot decode the pixel data ({name}): {first}. Compressed DICOM needs the decoders "
-                "pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, pylibjpeg-rle and pyjpegls (or python-gdcm)",
-                path,
-            ) from None
-        n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
+            # an empty or unknown TransferSyntaxUID reads as a plain string, without a name
+            name = getattr(ts, "name", None) or (f"transfer syntax '{ts}'" if ts else "no transfer syntax")
+            hint = (
+                ". Compressed DICOM needs the decoders pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, "
+                "pylibjpeg-rle and pyjpegls (or python-gdcm)"
+                if _is_compressed(ts)
+                else ""
+            )
+            raise InputError(f"cannot decode the pixel data ({name}): {first}{hint}", path) from None
+        with _quiet_pydicom():
+            n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
         if arr.ndim == 2:
             arr = arr[None]
         if arr.ndim != 3 or arr.shape[0] != n_frames:
@@ -735,6 +807,13 @@ class _PixelCache:
         if arr.dtype.byteorder not in ("=", "|"):
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
+
+
+def _is_compressed(ts) -> bool:
+    try:
+        return bool(ts.is_compressed)
+    except (AttributeError, ValueError):  # empty, unknown or not a transfer syntax at all
+        return False
 
 
 def _mosaic_tile(mosaic: np.ndarray, k: int, rows: int, cols: int) -> np.ndarray:
@@ -762,6 +841,9 @@ def _output_dtype(frames: list[Frame], stored: np.dtype, lo: float, hi: float) -
 # Reading
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def read_stack(
     stack: Stack, resample_irregular: bool = False, keep_tilt: bool = False, source: Path | None = None
 ) -> Volume:
@@ -786,7 +868,9 @@ def read_stack(
     f0 = stack.frames[0]
     n_vol, n_slices = geom.n_volumes, geom.n_slices
     first_pixels = cache.get(stack.frames[geom.order[0][0]])
-    integral = all(f.slope == 1.0 and float(f.intercept).is_integer() for f in stack.frames)
+    integral = all(
+        f.slope == 1.0 and float(f.intercept).is_integer() and abs(f.intercept) < 2**31 for f in stack.frames
+    )
     wide = np.int64 if first_pixels.dtype.itemsize >= 4 else np.int32
     work_dtype = wide if integral and first_pixels.dtype.kind in "iu" else np.float32
     data = np.empty((f0.cols, f0.rows, n_slices, n_vol), dtype=work_dtype)
@@ -797,7 +881,14 @@ def read_stack(
             if pixels.shape != (f0.rows, f0.cols):
                 raise InputError(f"frame {index} has shape {pixels.shape}, expected {(f0.rows, f0.cols)}", frame.path)
             if work_dtype is np.float32:
-                data[:, :, k, v] = pixels.T.astype(np.float64) * frame.slope + frame.intercept
+                scaled = pixels.T.astype(np.float64) * frame.slope + frame.intercept
+                if scaled.size and not np.abs(scaled).max() <= _FLOAT32_MAX:
+                    raise InputError(
+                        f"RescaleSlope {frame.slope:g} and RescaleIntercept {frame.intercept:g} give values beyond "
+                        "the float32 range; the rescale tags are corrupt",
+                        frame.path,
+                    )
+                data[:, :, k, v] = scaled
             else:
                 data[:, :, k, v] = pixels.T.astype(work_dtype) + int(frame.intercept)
     dtype = _output_dtype(stack.frames, first_pixels.dtype, float(data.min()), float(data.max()))

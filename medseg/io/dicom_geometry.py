@@ -26,7 +26,8 @@ TILT_TOLERANCE = 1e-3
 def slice_normal(orientation: np.ndarray) -> np.ndarray:
     row_dir, col_dir = np.asarray(orientation[:3], float), np.asarray(orientation[3:6], float)
     n = np.cross(row_dir, col_dir)
-    return n / np.linalg.norm(n)
+    with np.errstate(invalid="ignore", divide="ignore"):  # parallel or zero vectors: NaN, refused by the caller
+        return n / np.linalg.norm(n)
 
 
 @dataclass

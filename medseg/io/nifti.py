@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.spatialimages import HeaderDataError
 
 from medseg.errors import InputError
 from medseg.io.atomic import TMP_MARKER, atomic_path
@@ -44,6 +45,8 @@ def read_nifti(path: str | Path) -> Volume:
     path = Path(path)
     try:
         img = nib.load(str(path))
+    except HeaderDataError as err:  # a header field nibabel cannot work with (datatype, vox_offset, ...)
+        raise InputError(f"has an invalid NIfTI header ({_short(err)})", path) from None
     except (nib.filebasedimages.ImageFileError, ValueError) as err:
         raise InputError(f"not a readable NIfTI file ({_short(err)})", path) from None
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile) as err:
@@ -53,6 +56,8 @@ def read_nifti(path: str | Path) -> Volume:
     _check_declared_size(img, path)
     try:
         data = np.asanyarray(img.dataobj)
+    except HeaderDataError as err:  # e.g. a valid scl_slope with a NaN scl_inter
+        raise InputError(f"has an invalid NIfTI header ({_short(err)})", path) from None
     except (EOFError, OSError, zlib.error, gzip.BadGzipFile, ValueError) as err:
         raise InputError(f"image data is truncated or corrupt ({_short(err)})", path) from None
     source_shape = tuple(int(s) for s in data.shape)

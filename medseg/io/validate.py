@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from nibabel.orientations import io_orientation
 
 from medseg.errors import InputError
 from medseg.volume import Volume
+
+#: no scan has a voxel size or an origin beyond this (1 km); a header that says so is corrupt, and
+#: beyond float32's range a label file could not even store it
+MAX_AFFINE_MM = 1e6
 
 
 def validate_volume(volume: Volume, path: str | Path) -> None:
@@ -27,6 +32,17 @@ def validate_volume(volume: Volume, path: str | Path) -> None:
         raise InputError("has a non-finite affine (NaN or Inf in the header geometry)", path)
     if abs(np.linalg.det(volume.affine[:3, :3])) < 1e-9:
         raise InputError("has a singular affine (zero voxel size or collinear axes)", path)
+    peak = float(np.abs(volume.affine[:3]).max())
+    if peak > MAX_AFFINE_MM:
+        raise InputError(
+            f"has an implausible affine (a voxel size or origin of {peak:.3g} mm); the header geometry is corrupt", path
+        )
+    if np.isnan(io_orientation(volume.affine)).any():
+        raise InputError(
+            "has a degenerate affine (voxel axes of wildly different lengths or nearly parallel); "
+            "the header geometry is corrupt",
+            path,
+        )
     if np.issubdtype(arr.dtype, np.floating):
         bad = np.count_nonzero(~np.isfinite(arr))
         if bad:

@@ -483,3 +483,85 @@ def test_a_trailing_add_in_image_type_does_not_split_a_series(shared_data, tmp_p
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # a derived image still splits
     ds.save_as(files[0])
     assert len(scan_dicom(tmp_path / "ge").stacks) == 2
+
+
+# --- found by the reader fuzz (tests/io/test_fuzz_readers.py) ------------------------------------
+
+
+def _ct_slices(shared_data, tmp_path, n: int = 4) -> list[Path]:
+    source = shared_data / "ct/chestimagingplatform/ct-64Dicom"
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for name in [f"IMG{i:04d}.dcm" for i in range(30, 30 + n)]:
+        shutil.copy(source / name, folder / name)
+    return sorted(folder.iterdir())
+
+
+def _rewrite(files, **raw):
+    """Put raw element values (DICOM text, written verbatim) into every file."""
+    import pydicom
+
+    from tests.io.fuzz_mutators import set_raw
+
+    for f in files:
+        ds = pydicom.dcmread(f)
+        for keyword, value in raw.items():
+            set_raw(ds, keyword, value)
+        ds.save_as(f)
+
+
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        ({"ImageOrientationPatient": "2\\0\\0\\0\\2\\0"}, "ImageOrientationPatient (2\\0\\0\\0\\2\\0) is not two orth"),
+        ({"ImageOrientationPatient": "0\\0\\0\\0\\0\\0"}, "is not two orthogonal unit vectors"),
+        ({"ImageOrientationPatient": "1\\0\\0\\0.7071\\0.7071\\0"}, "is not two orthogonal unit vectors"),
+        ({"PixelSpacing": "-1\\-1"}, "PixelSpacing (-1\\-1) is not positive"),
+        ({"ImagePositionPatient": "0\\1e300\\0"}, "ImagePositionPatient (0\\1e+300\\0) is beyond any scanner"),
+        ({"PixelSpacing": "1e300\\1e300"}, "PixelSpacing (1e+300\\1e+300) is beyond any scanner"),
+    ],
+    ids=["iop-scaled", "iop-zero", "iop-skewed", "spacing-negative", "position-huge", "spacing-huge"],
+)
+def test_corrupt_geometry_tags_are_refused_not_read_onto_another_grid(shared_data, tmp_path, tags, expected):
+    """Before: a scaled or skewed orientation or a negative spacing gave labels on a scaled, sheared or
+    mirrored grid; a position of 1e300 mm gave a label file with an infinite origin."""
+    files = _ct_slices(shared_data, tmp_path)
+    _rewrite(files, **tags)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no numpy overflow/NaN warnings on the way
+        message = _error(files[0].parent)
+    assert expected in message
+
+
+def test_rescale_beyond_float32_is_refused(shared_data, tmp_path):
+    """Before: RescaleIntercept 1e300 raised a bare OverflowError ("Python int too large")."""
+    files = _ct_slices(shared_data, tmp_path)
+    _rewrite(files, RescaleIntercept="1e300")
+    assert "RescaleIntercept 1e+300 give values beyond the float32 range" in _error(files[0].parent)
+    _rewrite(files, RescaleIntercept="0", RescaleSlope="1e300")
+    assert "beyond the float32 range" in _error(files[0].parent)
+
+
+def test_empty_transfer_syntax_is_a_one_line_error(shared_data, tmp_path):
+    """Before: an empty TransferSyntaxUID that pydicom cannot decode raised AttributeError ('str' has no 'name')."""
+    from tests.io.fuzz_mutators import patch_transfer_syntax
+
+    files = _ct_slices(shared_data, tmp_path)
+    for f in files:
+        f.write_bytes(patch_transfer_syntax(f.read_bytes(), ""))
+    message = _error(files[0].parent)
+    assert "cannot decode the pixel data (no transfer syntax)" in message
+    assert "Compressed DICOM" not in message  # the decoder hint is for compressed data only
+
+
+def test_pydicom_warnings_about_malformed_elements_are_not_shown(shared_data, tmp_path):
+    """Before: an over-long UID or a non-numeric IS printed pydicom's two-line UserWarnings beside
+    medseg's own message."""
+    files = _ct_slices(shared_data, tmp_path)
+    _rewrite(files[:1], SOPInstanceUID="1." * 33)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert read_volume(files[0].parent).shape == (64, 64, 4)
+        _rewrite(files[:1], NumberOfFrames="abc")
+        assert "invalid literal for int()" in _error(files[0].parent)
+    assert [str(w.message) for w in caught if "pydicom" in w.filename] == []

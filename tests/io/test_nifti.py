@@ -103,3 +103,38 @@ def test_nrrd_reader_converts_lps_to_ras(tmp_path):
     assert vol.array[1, 2, 3] == arr[3, 2, 1]
     assert np.allclose(vol.affine[:3, 3], [-10.0, -20.0, 30.0])
     assert vol.axcodes == ("L", "P", "S")
+
+
+# --- found by the reader fuzz (tests/io/test_fuzz_readers.py) ------------------------------------
+
+
+def _patch(path, offset: int, fmt: str, value):
+    """Overwrite one NIfTI-1 header field in place (byte offsets from the NIfTI-1 standard)."""
+    import struct
+
+    blob = bytearray(path.read_bytes())
+    blob[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    "patches, expected",
+    [
+        ([(70, "<h", 0)], "data code 0 not supported"),  # datatype 0
+        ([(70, "<h", 9999)], "data code 9999 not recognized"),
+        ([(108, "<f", -1.0)], "vox offset -1 too low"),  # vox_offset inside the header
+        ([(112, "<f", 2.0), (116, "<f", float("nan"))], "invalid intercept nan"),  # scl_slope, scl_inter
+    ],
+    ids=["datatype-0", "datatype-unknown", "vox-offset-negative", "slope-without-intercept"],
+)
+def test_header_fields_nibabel_refuses_are_one_line_input_errors(tmp_path, patches, expected):
+    """Before: nibabel's HeaderDataError escaped read_nifti ("unexpected HeaderDataError", no file named)."""
+    from medseg.errors import InputError
+
+    path = save_nifti(tmp_path / "scan.nii", np.zeros((4, 4, 4), np.int16), np.eye(4))
+    for offset, fmt, value in patches:
+        _patch(path, offset, fmt, value)
+    with pytest.raises(InputError) as info:
+        read_volume(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: has an invalid NIfTI header (") and expected in message

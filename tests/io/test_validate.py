@@ -94,3 +94,21 @@ def test_float64_values_beyond_float32_are_refused(tmp_path):
     assert "beyond the float32 range" in _err(save_nifti(tmp_path / "x.nii.gz", data, np.eye(4)))
     data[2, 2, 2] = 3e38  # still a float32
     assert read_volume(save_nifti(tmp_path / "ok.nii.gz", data, np.eye(4))).array.max() == 3e38
+
+
+@pytest.mark.parametrize(
+    "affine, expected",
+    [
+        (np.diag([1.0, 1.0, 1e30, 1.0]), "has an implausible affine (a voxel size or origin of 1e+30 mm)"),
+        (np.array([[1.0, 0, 0, 0], [0, 1, 0, -3e8], [0, 0, 1, 0], [0, 0, 0, 1]]), "origin of 3e+08 mm"),
+        # axes 0 and 1 parallel to 1e-16: not singular (det 1e2), but no orientation can be read from it
+        (np.array([[1e6, 1e6, 0, 0], [0, 1e-10, 0, 0], [0, 0, 1e6, 0], [0, 0, 0, 1]]), "has a degenerate affine"),
+    ],
+    ids=["huge-voxel", "huge-origin", "degenerate"],
+)
+def test_implausible_or_degenerate_affine(tmp_path, affine, expected):
+    """Found by the reader fuzz: a 1e30 srow entry passed the checks (finite, non-singular) and then
+    failed inside the model with "unexpected ValueError"; a 1e300 DICOM position gave a label file
+    whose origin float32 stores as -inf."""
+    path = save_nifti(tmp_path / "odd.nii.gz", np.zeros((4, 4, 4), np.int16), affine)
+    assert expected in _err(path)
