@@ -11,6 +11,7 @@ RSS is VmHWM after a reset (``/proc/self/clear_refs``). Labels are compared on t
 
     python benchmarks/speed_vs_monai.py                 # phantom + real CT (about 5 minutes)
     python benchmarks/speed_vs_monai.py --repeats 1
+    python benchmarks/speed_vs_monai.py --only-clinical   # a bundle's own pipeline vs medseg, 458x379x224
 """
 
 from __future__ import annotations
@@ -105,22 +106,38 @@ def dice_all(a: np.ndarray, b: np.ndarray, labels) -> float:
     return float(2 * inter / denom) if denom else 1.0
 
 
+def _load_side(side: str, spec):
+    """What a side loads once (not timed): medseg's Segmenter, or MONAI's network; for a bundle
+    folder (``spec`` a Path), the bundle's own pipeline instantiated by MONAI's ConfigParser."""
+    from medseg.inference.pipeline import Segmenter
+    from medseg.models.bundle_reference import BundleReference
+    from medseg.models.checkpoints import load_network
+
+    if side == "medseg":
+        return Segmenter(str(spec) if isinstance(spec, Path) else spec, "cpu", tune_allocator=True)
+    return BundleReference(spec) if isinstance(spec, Path) else load_network(spec, "cpu")[0]
+
+
 def _run_side(side: str, scan: Path, spec, out_dir: Path, loaded=None) -> tuple[float, int, np.ndarray]:
     """One file-to-file run; returns (seconds, peak RSS growth in bytes, labels)."""
     import nibabel as nib
     import torch
 
-    from medseg.inference.pipeline import Segmenter, infer_file
-    from medseg.models.checkpoints import load_network
+    from medseg.inference.pipeline import infer_file
 
     torch.set_num_threads(2)
     if loaded is None:  # a fresh process: load what this side needs (not timed, as in-process)
-        loaded = Segmenter(spec, "cpu", tune_allocator=True) if side == "medseg" else load_network(spec, "cpu")[0]
+        loaded = _load_side(side, spec)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _status("VmRSS")
     _reset_peak()
     t = time.perf_counter()
-    if side == "monai":
+    if side == "monai" and isinstance(spec, Path):  # the bundle's own pipeline, labels written as SaveImaged would
+        labels = loaded(scan)
+        out = out_dir / "scan_seg.nii.gz"
+        source = nib.load(str(scan))
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), source.affine, source.header), str(out))
+    elif side == "monai":
         out = monai_bundle(scan, out_dir, loaded, spec)
     else:
         out = infer_file(scan, out_dir / "scan_seg.nii.gz", model=loaded).labels_path
@@ -135,12 +152,9 @@ def run_case(name: str, scan: Path, spec, repeats: int, isolated: bool = False) 
     import concurrent.futures as cf
     import multiprocessing as mp
 
-    from medseg.inference.pipeline import Segmenter
-    from medseg.models.checkpoints import load_network
-
     loaded = {}
     if not isolated:
-        loaded = {"medseg": Segmenter(spec, "cpu", tune_allocator=True), "monai": load_network(spec, "cpu")[0]}
+        loaded = {side: _load_side(side, spec) for side in ("medseg", "monai")}
     times = {"monai": [], "medseg": []}
     peaks = {"monai": 0, "medseg": 0}
     outs = {}
@@ -159,9 +173,12 @@ def run_case(name: str, scan: Path, spec, repeats: int, isolated: bool = False) 
     a, b = outs["medseg"], outs["monai"]
     if a.shape != b.shape:  # MONAI keeps a trailing channel axis squeezed differently on some inputs
         b = b.reshape(a.shape)
+    labels = sorted((set(np.unique(a)) | set(np.unique(b))) - {0})
+    per_label = [2 * np.sum((a == k) & (b == k)) / max(np.sum(a == k) + np.sum(b == k), 1) for k in labels]
     return {
         "name": name,
         "shape": a.shape,
+        "worst_label_dice": float(min(per_label)) if per_label else 1.0,
         "monai_s": min(times["monai"]),
         "medseg_s": min(times["medseg"]),
         "monai_peak": peaks["monai"],
@@ -213,14 +230,23 @@ def main() -> None:
         action="store_true",
         help="run every file-to-file run in a fresh process (glibc allocator state not shared between the sides)",
     )
+    parser.add_argument(
+        "--clinical",
+        action="store_true",
+        help="also a MONAI bundle's own pipeline vs medseg on a real CT at a clinical grid (458x379x224)",
+    )
+    parser.add_argument("--only-clinical", action="store_true", help="only the clinical-grid bundle cases")
     args = parser.parse_args()
+    args.clinical = args.clinical or args.only_clinical
     torch.set_num_threads(2)
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs; torch threads 2")
     print(f"date: {datetime.now(timezone.utc).isoformat(timespec='minutes')}")
     print("mode: " + ("each run in a fresh process" if args.isolated else "both sides in this process, alternating"))
     cases = []
     # 1. the shipped phantom CT with the trained phantom model (real weights, meaningful labels)
-    cases.append(("phantom_ct + phantom-unet3d", ROOT / "sample_data" / "phantom_ct.nii.gz", resolve_spec(None)))
+    cases.append(
+        ("phantom_ct + phantom-unet3d", ROOT / "sample_data" / "phantom_ct.nii.gz", resolve_spec("phantom-unet3d"))
+    )
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         w = Path(tmp) / "spleen.pt"
@@ -236,10 +262,25 @@ def main() -> None:
             write_nifti(read_volume(real), nii)
             cases.append(("real CT 512x512x3 + spleen recipe", nii, spleen_like_spec(w)))
             # the trained phantom model on the same real CT: non-trivial labels (body, lungs, ...)
-            cases.append(("real CT 512x512x3 + phantom-unet3d", nii, resolve_spec(None)))
+            cases.append(("real CT 512x512x3 + phantom-unet3d", nii, resolve_spec("phantom-unet3d")))
+        if args.clinical:
+            # 4. the bundle's own pipeline (its config run by MONAI's ConfigParser) against `--model BUNDLE`:
+            # the trained phantom U-Net written as a MONAI bundle, spleen-style (softmax -> Invertd ->
+            # argmax) and whole-body-style (argmax -> Invertd nearest) post-processing, on the real CT
+            # resampled to a clinical grid (458 x 379 x 224 at 0.8 x 0.8 x 1.5 mm)
+            from _clinical_ct import clinical_ct
+
+            from medseg.models.bundle_reference import write_bundle_from_spec
+
+            ct = clinical_ct(Path(tmp) / "clinical.nii.gz", (0.8, 0.8, 1.5), (458, 379, 224))
+            for post in ("probabilities", "labels"):
+                bundle = write_bundle_from_spec(resolve_spec("phantom-unet3d"), Path(tmp) / f"bundle_{post}", post)
+                cases.append((f"clinical CT + bundle ({post})", ct, bundle))
+        if args.only_clinical:
+            cases = [c for c in cases if c[0].startswith("clinical")]
         head = (
             f"{'case':<36}{'shape':>14}{'MONAI s':>9}{'medseg s':>9}{'speedup':>8}"
-            f"{'MONAI RSS':>11}{'medseg RSS':>11}{'RSS ratio':>10}{'Dice':>8}{'agree':>8}"
+            f"{'MONAI RSS':>11}{'medseg RSS':>11}{'RSS ratio':>10}{'Dice':>8}{'agree':>8}{'worst':>8}"
         )
         print(head)
         print("-" * len(head))
@@ -250,6 +291,7 @@ def main() -> None:
                 f"{name:<36}{'x'.join(map(str, r['shape'])):>14}{r['monai_s']:>9.1f}{r['medseg_s']:>9.1f}"
                 f"{r['monai_s'] / r['medseg_s']:>7.2f}x{r['monai_peak'] / mib:>10.0f}M{r['medseg_peak'] / mib:>10.0f}M"
                 f"{r['monai_peak'] / max(r['medseg_peak'], 1):>9.2f}x{r['dice']:>8.4f}{r['agree']:>8.4f}"
+                f"{r['worst_label_dice']:>8.4f}"
             )
 
 
