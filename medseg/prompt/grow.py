@@ -213,16 +213,24 @@ class PromptSegmenter:
         grown = 0
         last = self._last_region
         same_structure = bool(set(prompts.positive) & self._last_positive)  # a refinement: clicks kept
+        # the region is found at an eighth of the work voxels (a structure larger than the first region
+        # enlarges it up to 4 times), then segmented once at full resolution; a refinement of the last
+        # structure starts at full resolution in its known region
+        fine = False
         if same_structure and last is not None and np.all(lo >= last[0]) and np.all(hi <= last[1]):
             lo, hi = np.maximum(last[0], limit_lo), np.minimum(last[1], limit_hi)  # the structure's region
+            fine = True
         while True:
-            region = self._region(lo, hi)
+            region = self._region(lo, hi, self.max_work_voxels if fine else max(1, self.max_work_voxels // 8))
             mask_work, low, high = self._segment_work(self._work_region(region), prompts)
             touch_lo, touch_hi = _touching(mask_work)
             can_lo = touch_lo & (lo > limit_lo)
             can_hi = touch_hi & (hi < limit_hi)
             if grown >= 4 or not (can_lo.any() or can_hi.any()):
-                break
+                if fine:
+                    break
+                fine = True
+                continue
             grown += 1
             grow = np.ceil(margin * 2**grown).astype(int)
             lo = np.where(can_lo, np.maximum(lo - grow, limit_lo), lo)
@@ -234,12 +242,12 @@ class PromptSegmenter:
         return PromptResult(mask, region, low, high, grown)
 
     # -- regions -----------------------------------------------------------------------------------
-    def _region(self, lo: np.ndarray, hi: np.ndarray) -> Region:
+    def _region(self, lo: np.ndarray, hi: np.ndarray, max_voxels: int) -> Region:
         size = (hi - lo).astype(float)
         mm3 = float(np.prod(size * self.spacing))
-        target = max(float(self.spacing.min()), (mm3 / self.max_work_voxels) ** (1 / 3))
+        target = max(float(self.spacing.min()), (mm3 / max_voxels) ** (1 / 3))
         step = np.maximum(1, np.floor(target / self.spacing + 0.5)).astype(int)
-        while np.prod(np.ceil(size / step)) > self.max_work_voxels * 1.5:
+        while np.prod(np.ceil(size / step)) > max_voxels * 1.5:
             step[np.argmin(step * self.spacing)] += 1
         return Region(tuple(int(v) for v in lo), tuple(int(v) for v in hi), tuple(int(v) for v in step))
 
