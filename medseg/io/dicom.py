@@ -404,8 +404,8 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
     sop_uid = str(ds.get("SOPInstanceUID", "") or "")  # empty when an anonymiser blanked it
     n_frames = _int(ds.get("NumberOfFrames"), 1) or 1
     if "PerFrameFunctionalGroupsSequence" in ds:
-        frames, keys = _enhanced_frames(ds, path, rows, cols, sop_uid, instance)
-        return frames, keys, problem
+        frames, keys, rescale_problem = _enhanced_frames(ds, path, rows, cols, sop_uid, instance)
+        return frames, keys, problem or rescale_problem
     if n_frames > 1:
         problem = problem or f"multi-frame object with {n_frames} frames but no per-frame geometry"
     position = _as_float_list(ds.get("ImagePositionPatient"), 3)
@@ -416,7 +416,8 @@ def _frames_of(ds, path: Path) -> tuple[list[Frame], list[dict], str | None]:
         "image_type": _image_type(ds.get("ImageType")),
         "echo": _num(ds.get("EchoNumbers")),
     }
-    slope, intercept = _num(ds.get("RescaleSlope"), 1.0), _num(ds.get("RescaleIntercept"), 0.0)
+    slope, intercept, rescale_problem = _rescale(ds)
+    problem = problem or rescale_problem
     volume_key = (
         _int(ds.get("TemporalPositionIdentifier"), 0),
         _int(ds.get("AcquisitionNumber"), 0),
@@ -457,6 +458,25 @@ def _geometry_problem(
     return None
 
 
+def _rescale(item) -> tuple[float, float, str | None]:
+    """``(RescaleSlope, RescaleIntercept, problem)`` of a dataset or functional-group item (1 and 0
+    when absent). A value that is present but not a finite number, or a zero slope, is a problem:
+    taking 1 or 0 instead would segment intensities the scanner did not write."""
+    values = []
+    for name, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        raw = item.get(name) if item is not None else None
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            values.append(default)
+            continue
+        value = _num(raw)
+        if value is None:
+            return 1.0, 0.0, f"{name} ({str(raw)[:40]!r}) is not a finite number"
+        values.append(value)
+    if values[0] == 0:
+        return 1.0, 0.0, "RescaleSlope is 0 (every voxel would be the intercept)"
+    return values[0], values[1], None
+
+
 def _dicom_values(values) -> str:
     """A multi-valued element as DICOM writes it: ``1\\0\\0``."""
     return "\\".join(f"{float(v):g}" for v in values)
@@ -469,6 +489,7 @@ def _spacing(arr) -> tuple[float, float] | None:
 def _enhanced_frames(ds, path, rows, cols, sop_uid, instance):
     shared = _first(ds, "SharedFunctionalGroupsSequence")
     frames, keys = [], []
+    problem: str | None = None
     for index, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
 
         def group(name, item=item):
@@ -486,6 +507,8 @@ def _enhanced_frames(ds, path, rows, cols, sop_uid, instance):
             dims = (int(content.DimensionIndexValues),)
         # images at one position become volumes in file order (instance, then frame), as dcm2niix does
         volume_key = (instance, index, dims)
+        slope, intercept, rescale_problem = _rescale(pvt)
+        problem = problem or (f"frame {index + 1}: {rescale_problem}" if rescale_problem else None)
         frames.append(
             Frame(
                 path,
@@ -497,8 +520,8 @@ def _enhanced_frames(ds, path, rows, cols, sop_uid, instance):
                 _as_float_list(pos.get("ImagePositionPatient"), 3) if pos is not None else None,
                 _as_float_list(ori.get("ImageOrientationPatient"), 6) if ori is not None else None,
                 _spacing(_as_float_list(meas.get("PixelSpacing"), 2) if meas is not None else None),
-                _num(pvt.get("RescaleSlope"), 1.0) if pvt is not None else 1.0,
-                _num(pvt.get("RescaleIntercept"), 0.0) if pvt is not None else 0.0,
+                slope,
+                intercept,
                 volume_key,
             )
         )
@@ -511,7 +534,7 @@ def _enhanced_frames(ds, path, rows, cols, sop_uid, instance):
                 "stack": str(content.get("StackID", "")) if content is not None else "",
             }
         )
-    return frames, keys
+    return frames, keys, problem
 
 
 def _mosaic_frames(ds, path, sop_uid, spacing, slope, intercept, volume_key, key_common):

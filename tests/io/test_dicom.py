@@ -542,6 +542,23 @@ def test_rescale_beyond_float32_is_refused(shared_data, tmp_path):
     assert "beyond the float32 range" in _error(files[0].parent)
 
 
+@pytest.mark.parametrize(
+    "tags, expected",
+    [
+        ({"RescaleSlope": "abc"}, "RescaleSlope ('abc') is not a finite number"),
+        ({"RescaleSlope": "NaN"}, "RescaleSlope ('NaN') is not a finite number"),
+        ({"RescaleIntercept": "inf"}, "RescaleIntercept ('inf') is not a finite number"),
+        ({"RescaleSlope": "0"}, "RescaleSlope is 0"),
+    ],
+    ids=["slope-text", "slope-nan", "intercept-inf", "slope-zero"],
+)
+def test_unreadable_rescale_tags_are_refused_not_taken_as_1_and_0(shared_data, tmp_path, tags, expected):
+    """Before: a slope of NaN or 'abc' silently became 1.0 (intensities the scanner did not write)."""
+    files = _ct_slices(shared_data, tmp_path)
+    _rewrite(files, **tags)
+    assert expected in _error(files[0].parent)
+
+
 def test_empty_transfer_syntax_is_a_one_line_error(shared_data, tmp_path):
     """Before: an empty TransferSyntaxUID that pydicom cannot decode raised AttributeError ('str' has no 'name')."""
     from tests.io.fuzz_mutators import patch_transfer_syntax
