@@ -28,8 +28,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map
-from monai.inferers import SliceInferer
 
 from medseg.errors import MedsegError
 from medseg.inference.host_memory import host_allocator
@@ -183,6 +181,8 @@ def _stream_volume(network, image, plan, finaliser, on_progress) -> None:
                 mode = "replicate" if plan.padding_mode == "replicate" else "constant"
                 padded = torch.nn.functional.pad(image[None], flat, mode=mode)[0]
             padded = padded.to(plan.image_device)
+            from monai.data.utils import compute_importance_map  # on use: nnU-Net runs never load MONAI
+
             w = compute_importance_map(roi, mode=plan.blend, sigma_scale=0.125, device=plan.device, dtype=image.dtype)
             w = w[None, None]
             w_agg = w[0, 0].to(plan.aggregation_device)
@@ -333,6 +333,8 @@ def _stream_slices(network, image, plan, finaliser, on_progress) -> None:
         depth = plan.slab_depth if plan.streaming else nz
         stop = min(z + depth, nz)
         try:
+            from monai.inferers import SliceInferer
+
             inferer = SliceInferer(spatial_dim=2, **inferer_kwargs(plan))
             x = image[..., z:stop].unsqueeze(0).to(plan.image_device)
             with autocast_for(plan):

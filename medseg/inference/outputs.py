@@ -16,9 +16,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _package_version
 from pathlib import Path
 
-import monai
 import numpy as np
 import torch
 
@@ -266,7 +267,15 @@ def sidecar(input_path, volume, model, plan, label_counts, outputs, timings, inp
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,
-            "monai": monai.__version__,
+            "monai": _version("monai"),
             "device": model.device,
         },
     }
+
+
+def _version(package: str) -> str | None:
+    """An installed package's version without importing it (MONAI takes seconds to import)."""
+    try:
+        return _package_version(package)
+    except PackageNotFoundError:
+        return None

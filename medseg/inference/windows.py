@@ -6,7 +6,6 @@ planner counts them, so both import them from here.
 from __future__ import annotations
 
 import numpy as np
-from monai.data.utils import dense_patch_slices
 
 #: target size of one finalisation / inversion step's float32 temporaries (planes per step follow)
 CHUNK_BYTES = 64 << 20
@@ -32,6 +31,8 @@ def window_starts(image_size: tuple[int, ...], roi: tuple[int, ...], overlap: fl
     Within one start along the last axis the order stays MONAI's (first axis slowest).
     """
     interval = scan_interval(image_size, roi, overlap)
+    from monai.data.utils import dense_patch_slices  # imported on use: nnU-Net runs never load MONAI
+
     slices = dense_patch_slices(image_size, roi, interval, return_slice=False)
     starts = np.array([[int(a) for a, _ in w] for w in slices], dtype=np.int64).reshape(-1, len(roi))
     order = np.argsort(starts[:, -1], kind="stable")

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from monai.bundle import ConfigParser
 
 from medseg.errors import ModelError
 from medseg.models.spec import ModelSpec, spec_from_dict
@@ -108,6 +107,8 @@ class _Plain:
 
 def _evaluated(config_path: Path, bundle: Path) -> dict:
     """``--trust-bundle``: the config's values evaluated by MONAI's ConfigParser (runs its code)."""
+    from monai.bundle import ConfigParser
+
     parser = ConfigParser()
     parser.read_config(str(config_path))
     parser["bundle_root"] = str(bundle)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import inspect
 
-from monai.networks import nets
-
 from medseg.errors import ModelError
 from medseg.models.spec import ModelSpec
 
@@ -20,6 +18,8 @@ def build_network(spec: ModelSpec):
         raise ModelError(
             f"network class {net_spec.cls!r} is not supported (choose from {', '.join(NETWORKS)})", spec.name
         )
+    from monai.networks import nets  # on use: listing models and nnU-Net runs never load MONAI
+
     factory = getattr(nets, net_spec.cls)
     kwargs = dict(net_spec.kwargs)
     params = inspect.signature(factory).parameters

@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -237,9 +239,23 @@ class NnUNetModel(Model):
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 
         self._managers()
-        trainer = _trainer_class(trainer_name, self.folder)
         n_in = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset)
         n_out = self.label_manager.num_segmentation_heads
+        cm = self.configuration_manager
+        if _builds_default_network(trainer_name):
+            from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+            # what nnUNetTrainer.build_network_architecture returns, without importing the trainers; no He
+            # initialisation: the checkpoint's weights replace every parameter (strict load), and on the
+            # meta device (the memory planner) torch's normal_ imports torch._dynamo (1.4 s)
+            try:
+                return get_network_from_plans(
+                    cm.network_arch_class_name, cm.network_arch_init_kwargs, cm.network_arch_init_kwargs_req_import,
+                    n_in, n_out, allow_init=False, deep_supervision=False,
+                )  # fmt: skip
+            except (ImportError, AttributeError, KeyError) as err:
+                raise ModelError(f"cannot build the network the plans describe ({err})", self.folder) from err
+        trainer = _trainer_class(trainer_name, self.folder)
         try:
             return trainer.build_network_architecture(
                 self.plans_manager, self.configuration_manager, n_in, n_out, enable_deep_supervision=False
@@ -985,6 +1001,17 @@ def _combined_digest(digests: list[str]) -> str:
     import hashlib
 
     return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+#: nnunetv2's trainers that build nnU-Net's default network (they change epochs or mirroring only; none
+#: overrides ``build_network_architecture``): their network is built from the plans directly, without
+#: importing nnU-Net's trainer modules (3 s of imports on this VM, torch._dynamo among them)
+_DEFAULT_NETWORK_TRAINERS = re.compile(r"nnUNetTrainer(NoMirroring)?(_\d+epochs)?(_NoMirroring)?")
+
+
+def _builds_default_network(name: str) -> bool:
+    """``name`` is one of nnunetv2's default-network trainers (and no external trainer folder could shadow it)."""
+    return bool(_DEFAULT_NETWORK_TRAINERS.fullmatch(name)) and not os.environ.get("nnUNet_extTrainer")
 
 
 def _trainer_class(name: str, folder: Path):
