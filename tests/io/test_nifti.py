@@ -138,3 +138,15 @@ def test_header_fields_nibabel_refuses_are_one_line_input_errors(tmp_path, patch
         read_volume(path)
     message = str(info.value)
     assert message.startswith(f"{path}: has an invalid NIfTI header (") and expected in message
+
+
+@pytest.mark.parametrize("shape", [(37, 5, 19), (3, 70, 9, 2), (1, 1, 1), (64, 8, 3)])
+def test_blocked_order_copies_equal_numpys(shape):
+    """The blocked column-major <-> C-order copies of reading and writing give numpy's arrays exactly."""
+    from medseg.io.nifti import c_order, f_order
+
+    data = np.arange(int(np.prod(shape)), dtype=np.int16).reshape(shape)
+    fortran = np.asfortranarray(data)
+    c, f = c_order(fortran), f_order(data)
+    assert c.flags.c_contiguous and np.array_equal(c, data)
+    assert f.flags.f_contiguous and np.array_equal(f, data)
