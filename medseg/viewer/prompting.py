@@ -100,7 +100,8 @@ def label_value(features: Any, name: str) -> int:
 
 def accept_mask(labels_layer: Any, mask: np.ndarray, name: str | None = None, value: int | None = None) -> int:
     """Paint ``mask`` (display orientation) into ``labels_layer`` as ``value`` (or the label called
-    ``name``, added to the layer's features when new); returns the value painted."""
+    ``name``, added to the layer's features when new), undoable as napari's own edits (Ctrl+Z);
+    returns the value painted."""
     if mask is None or not np.any(mask):
         raise MedsegError("nothing to accept: the prompt mask is empty")
     data = labels_layer.data
@@ -108,10 +109,13 @@ def accept_mask(labels_layer: Any, mask: np.ndarray, name: str | None = None, va
         raise MedsegError(f"the labels layer {np.shape(data)} is not on the image's grid {mask.shape}")
     if value is None:
         value = label_value(labels_layer.features, name or "prompt")
-    data[mask] = value
+    if hasattr(labels_layer, "data_setitem"):  # napari's own edit: one step of the layer's undo history
+        labels_layer.data_setitem(np.nonzero(mask), value)
+    else:
+        data[mask] = value
+        labels_layer.data = data
     if name:
         _name_label(labels_layer, value, name)
-    labels_layer.data = data  # napari refreshes on assignment
     return int(value)
 
 

@@ -116,3 +116,16 @@ def test_widget_prompt_mode_previews_and_accepts(viewer, tmp_path):
     painted = widget.labels_layer()
     assert value is not None and (painted.data == value).sum() == preview.sum()
     assert len(viewer.layers[POSITIVE_LAYER].data) == 0 and viewer.layers[PREVIEW_LAYER].data.sum() == 0
+
+
+def test_accept_is_one_undoable_edit_of_a_napari_labels_layer():
+    napari = pytest.importorskip("napari")
+    from medseg.viewer.prompting import accept_mask
+
+    layer = napari.layers.Labels(np.zeros((6, 7, 8), np.uint8))
+    mask = np.zeros((6, 7, 8), bool)
+    mask[1:3, 2:5, 3:6] = True
+    value = accept_mask(layer, mask, name="liver")
+    assert value > 0 and np.array_equal(layer.data == value, mask)
+    layer.undo()
+    assert not layer.data.any()
