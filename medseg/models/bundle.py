@@ -64,8 +64,9 @@ def _load(path: Path) -> dict:
     return data
 
 
-def _short(target: str) -> str:
-    return str(target).rsplit(".", 1)[-1]
+def _short(target) -> str:
+    """A transform or class name without its module path (``monai.transforms.Spacingd`` -> ``Spacingd``)."""
+    return str(target or "").rsplit(".", 1)[-1]
 
 
 class _Plain:
@@ -256,16 +257,20 @@ def _scale_intensity(t: dict, i: int, source: Path) -> list[float]:
     return [float(minv), float(maxv)]
 
 
+#: post-processing steps that write files
+_WRITERS = {"SaveImaged", "SaveImage"}
 #: post-processing steps that do not change which label a voxel gets
-_IGNORED_POST = _IGNORED_TRANSFORMS | {
-    "SaveImaged",
-    "SaveImage",
-    "ToDeviced",
-    "ToNumpyd",
-    "CopyItemsd",
-    "DeleteItemsd",
-    "SqueezeDimd",
-}
+_IGNORED_POST = (
+    _IGNORED_TRANSFORMS
+    | _WRITERS
+    | {
+        "ToDeviced",
+        "ToNumpyd",
+        "CopyItemsd",
+        "DeleteItemsd",
+        "SqueezeDimd",
+    }
+)
 
 
 def _map_postprocessing(plain: _Plain, node, source: Path) -> str:

@@ -10,7 +10,7 @@ the postprocessing (activation, ``Invertd`` back to the image's grid, argmax) wi
 ``SaveImaged`` left out. Weights are loaded from ``models/model.pt`` with ``weights_only=True``.
 
 Example:
-    >>> labels = bundle_reference_labels("spleen_ct_segmentation", "ct.nii.gz")  # doctest: +SKIP
+    >>> labels = BundleReference("spleen_ct_segmentation")("ct.nii.gz")  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: post-processing transforms left out of the reference run (they write files)
-_WRITERS = {"SaveImaged", "SaveImage"}
+from medseg.models.bundle import _WRITERS, _config_path, _short
 
 
 class BundleReference:
@@ -32,12 +31,12 @@ class BundleReference:
         from monai.bundle import ConfigParser
 
         bundle = Path(folder).resolve()
-        config_path = next(p for p in sorted((bundle / "configs").glob("inference.*")))
+        config_path = _config_path(bundle)
         parser = ConfigParser()
         parser.read_config(str(config_path))
         parser["bundle_root"] = str(bundle)
         post = parser.config.get("postprocessing")
-        if isinstance(post, dict) and isinstance(post.get("transforms"), list):
+        if isinstance(post, dict) and isinstance(post.get("transforms"), list):  # the writers left out
             kept = [
                 t for t in post["transforms"] if not (isinstance(t, dict) and _short(t.get("_target_")) in _WRITERS)
             ]
@@ -66,15 +65,6 @@ class BundleReference:
         elif pred.ndim == 4:  # postprocessing without argmax: take it here
             pred = pred.argmax(0)
         return np.rint(pred).astype(np.int16)
-
-
-def _short(target) -> str:
-    return str(target or "").rsplit(".", 1)[-1]
-
-
-def bundle_reference_labels(folder: str | Path, image: str | Path) -> np.ndarray:
-    """Labels of ``image`` on its own grid, as the bundle's own MONAI pipeline makes them."""
-    return BundleReference(folder)(image)
 
 
 def write_bundle_from_spec(spec, folder: str | Path, postprocessing: str = "probabilities") -> Path:
