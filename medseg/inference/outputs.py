@@ -26,12 +26,12 @@ import torch
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
 from medseg.inference.plan import Plan
-from medseg.io import IMAGE_SUFFIXES, write_labels
+from medseg.io import write_labels
 from medseg.io.atomic import TMP_MARKER, sha256_of, write_text_atomic
-from medseg.io.dicom import DICOM_FILE_SUFFIXES
 from medseg.io.dicom_seg import missing_references, require_highdicom, write_dicom_seg
 from medseg.io.nifti import write_label_masks
 from medseg.io.preview import write_preview
+from medseg.io.registry import output_stem as output_stem  # re-exported: its home before
 from medseg.models.base import Model
 from medseg.postprocess import label_counts as count_labels
 from medseg.postprocess import label_statistics
@@ -42,18 +42,6 @@ OUTPUT_FORMATS = ("nifti", "dicom-seg", "nifti+dicom-seg")
 SEG_SUFFIX = "_seg"
 #: output kinds, in the order :func:`write_outputs` writes them (the sidecar is always last)
 OUTPUT_KINDS = ("labels", "dicom_seg", "masks", "stats_csv", "stats_json", "preview", "sidecar")
-_STEM_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES + DICOM_FILE_SUFFIXES, key=len, reverse=True))
-
-
-def output_stem(path: Path) -> str:
-    """``scan.nii.gz`` -> ``scan``; a DICOM folder keeps its whole name (``1.2.3``)."""
-    if path.is_dir():
-        return path.name
-    name = path.name
-    for suffix in _STEM_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def labels_name(stem: str) -> str:

@@ -23,6 +23,25 @@ from medseg.volume import Volume
 #: files that hold one scan each (what a cohort case can be). A DICOM file (``DICOM_FILE_SUFFIXES``)
 #: is one image of a series: :func:`read_volume` reads the whole series it belongs to.
 IMAGE_SUFFIXES = NIFTI_SUFFIXES + SITK_SUFFIXES
+_STEM_SUFFIXES = tuple(sorted(IMAGE_SUFFIXES + DICOM_FILE_SUFFIXES, key=len, reverse=True))
+
+
+def output_stem(path: Path) -> str:
+    """``scan.nii.gz`` -> ``scan``; a DICOM folder keeps its whole name (``1.2.3``)."""
+    if path.is_dir():
+        return path.name
+    name = path.name
+    for suffix in _STEM_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def sidecar_path(labels_path: str | Path) -> Path:
+    """``scan_seg.nii.gz`` -> ``scan_seg.json``: the JSON sidecar with label names beside a label file
+    (as ``medseg infer``, the napari writer, ``medseg prompt`` and training data use it)."""
+    labels_path = Path(labels_path)
+    return labels_path.parent / f"{output_stem(labels_path)}.json"
 
 
 @dataclass(frozen=True)

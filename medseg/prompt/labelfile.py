@@ -18,18 +18,9 @@ import numpy as np
 
 from medseg.io.atomic import write_text_atomic
 from medseg.io.nifti import NIFTI_SUFFIXES, read_nifti, write_labels
+from medseg.io.registry import sidecar_path as sidecar_of
 from medseg.prompt.prompts import PromptError
 from medseg.volume import Volume
-
-
-def sidecar_of(labels_path: str | Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg.json`` (the sidecar ``medseg infer`` writes beside its labels)."""
-    path = Path(labels_path)
-    name = path.name
-    for suffix in sorted(NIFTI_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return path.with_name(name[: -len(suffix)] + ".json")
-    return path.with_suffix(".json")
 
 
 def colour_of(name: str) -> list[int]:

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from medseg.errors import InputError
+from medseg.io.registry import sidecar_path as sidecar_of
 
 #: index -> (name, colour or None)
 LabelSet = dict[int, tuple[str, tuple[int, int, int] | None]]
@@ -75,13 +76,6 @@ def parse_labels_option(value: str) -> LabelSet:
     if len(set(names)) != len(names):
         raise InputError("--labels names must be unique", value)
     return {0: ("background", (0, 0, 0)), **{i + 1: (n, None) for i, n in enumerate(names)}}
-
-
-def sidecar_of(label_path: Path) -> Path:
-    """``labels/case.nii.gz`` -> ``labels/case.json`` (where medseg writes label names)."""
-    from medseg.inference.outputs import output_stem
-
-    return label_path.parent / f"{output_stem(label_path)}.json"
 
 
 def find_label_set(data_dir: str | Path, label_files: list[Path], option: str | None = None) -> LabelSet | None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from medseg.inference.modality import look_at, regular_sample
+from medseg.io.registry import sidecar_path as sidecar_path
 from medseg.viewer.geometry import AXIS_LABELS, DisplayGeometry
 from medseg.volume import Volume
 
@@ -197,12 +198,6 @@ def _layer_name(volume: Volume) -> str:
 
 
 # -- label names and colours ------------------------------------------------------------------------
-def sidecar_path(labels_path: str | Path) -> Path:
-    """``scan_seg.nii.gz`` -> ``scan_seg.json`` (as written by ``medseg infer``)."""
-    from medseg.inference.outputs import output_stem
-
-    labels_path = Path(labels_path)
-    return labels_path.parent / f"{output_stem(labels_path)}.json"
 
 
 def info_from_sidecar(labels_path: str | Path) -> LabelInfo | None:
