@@ -44,6 +44,7 @@ import numpy as np
 
 from medseg.errors import ModelError
 from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
+from medseg.models.nnunet.cpu_layout import channels_last_network
 from medseg.models.nnunet.folder import (
     CHECKPOINT,
     available_folds,
@@ -301,7 +302,7 @@ class NnUNetModel(Model):
             raise ModelError(f"fold weights do not fit the planned network ({first})", self.folder) from err
         self.network = network.to(torch.device(self.device)).eval()
         if self.device == "cpu":
-            self.fast_convs = use_onednn_convolutions(self.network)
+            self.fast_layers = channels_last_network(self.network)
 
     # --- model space (nnU-Net runs on its own grid inside run_algorithm) -----------------------
     def model_grid(self, volume: Volume):
@@ -901,10 +902,10 @@ class NnUNetModel(Model):
         return prediction
 
     def tta_batch(self, x) -> int:
-        """Mirrored copies per forward pass: all 8 for windows up to 64^3 voxels on the CPU, else 2 (the
-        activations of a batch grow with it)."""
-        voxels = int(np.prod(x.shape[2:]))
-        return 8 if voxels <= 64**3 and self.device == "cpu" else 2
+        """Mirrored copies per forward pass: one at a time on the CPU, as the reference does (the
+        channels-last network ran 67 ms per 48^3 copy one at a time, 87 ms in batches of 8: a batch's
+        feature maps leave the caches), 2 on CUDA."""
+        return 1 if self.device == "cpu" else 2
 
 
 def _source_rows(n_in: int, n_out: int):
@@ -956,37 +957,6 @@ def _in_channels(network) -> int:
         if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
             return int(module.in_channels)
     raise ModelError("the network has no convolution to read its input channels from", type(network).__name__)
-
-
-def use_onednn_convolutions(network) -> int:
-    """Route the network's 3D/2D convolutions to oneDNN (``torch.mkldnn_convolution``) on the CPU.
-
-    PyTorch sends convolutions with few channels (nnU-Net's first stages of small models) to its
-    reference ``slow_conv3d`` kernel, 5-9x slower than oneDNN's on the same layer (measured on this
-    project's phantom model: 8->8 channels at 48^3, 103 ms against 12.5 ms); the results agree to
-    float32 rounding (2e-6). Returns how many layers were routed.
-    """
-    import types
-
-    import torch
-
-    if not torch.backends.mkldnn.is_available():
-        return 0
-
-    def forward(self, x):
-        if x.device.type == "cpu" and x.dtype == torch.float32 and not isinstance(self.padding, str):
-            if self.padding_mode == "zeros":
-                return torch.mkldnn_convolution(
-                    x.contiguous(), self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups
-                )
-        return type(self).forward(self, x)
-
-    n = 0
-    for module in network.modules():
-        if type(module) in (torch.nn.Conv3d, torch.nn.Conv2d):
-            module.forward = types.MethodType(forward, module)
-            n += 1
-    return n
 
 
 def _resolve_device(device: str | None) -> str:
