@@ -148,7 +148,10 @@ def _reset_peak() -> None:
 
 
 def run_row(args: dict) -> dict:
-    """One measurement (in a fresh process)."""
+    """One measurement (in a fresh process, one glibc heap for all threads as ``medseg infer`` sets)."""
+    from medseg.inference.host_memory import share_one_heap
+
+    share_one_heap()
     import torch
 
     from medseg.models.nnunet import NnUNetModel

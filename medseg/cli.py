@@ -285,10 +285,14 @@ def infer(
       medseg infer dicom/CT_series/ --format nifti+dicom-seg
       medseg infer ct.nii.gz --model totalsegmentator:total --roi-subset liver,spleen --split-masks
     """
+    from medseg.inference.host_memory import share_one_heap
     from medseg.inference.outputs import output_paths
     from medseg.inference.pipeline import infer_file
     from medseg.progress import Progress
 
+    # worker threads (nnU-Net's TTA view workers, progress) allocate from the main heap, as the planner
+    # assumes; set before any thread starts
+    share_one_heap()
     try:  # an unusable output name is a usage error, before anything is read
         output_paths(input_path, output, output_format, split_masks)
     except MedsegError as err:

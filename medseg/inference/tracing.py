@@ -45,6 +45,8 @@ def conv_workspace_bytes(args: tuple, out: torch.Tensor, device_kind: str) -> in
     if device_kind == "cuda":
         cols = x.shape[0] * (x.shape[1] // max(groups, 1)) * kernel * int(np.prod(out.shape[2:]))
         return int(cols * item)
+    if device_kind == CHANNELS_LAST_CPU:
+        return _channels_last_workspace(x, w, out, bool(transposed), item)
     try:
         backend = torch._C._select_conv_backend(
             _fake_cpu(x.shape, x.dtype),
@@ -81,6 +83,22 @@ def conv_workspace_bytes(args: tuple, out: torch.Tensor, device_kind: str) -> in
     blocked_out = out.shape[0] * (-(-out.shape[1] // 16) * 16) * int(np.prod(out.shape[2:]))
     blocked_in = x.shape[0] * (-(-x.shape[1] // 16) * 16) * int(np.prod(x.shape[2:]))
     return int((max(blocked_in, blocked_out) + w.numel()) * item)
+
+
+#: device kind of a network run by :func:`medseg.models.nnunet.cpu_layout.channels_last_network`
+CHANNELS_LAST_CPU = "cpu-channels-last"
+
+
+def _channels_last_workspace(x, w, out: torch.Tensor, transposed: bool, item: int) -> int:
+    """Transient bytes beyond the output of the channels-last CPU layers (traced through the plain layers
+    on meta tensors): oneDNN reads and writes NDHWC as it is, so a convolution adds its reordered
+    weights only (the torch profiler shows no other allocation), and the output's channels-last copy
+    where the input has one channel (oneDNN answers it in NCDHW); an upsampling (a matrix product) has
+    its kernel blocks and their interleaved copy alive together."""
+    out_bytes = out.numel() * item
+    if transposed:
+        return int(out_bytes)
+    return int(w.numel() * item + (out_bytes if x.shape[1] == 1 else 0))
 
 
 @functools.cache
@@ -263,7 +281,7 @@ class NetworkMemory:
             # Python dispatcher); keyed by the estimator's revision, torch version, device kind, the
             # CPU's oneDNN block and thread count (its buffers), input shape and architecture
             disk = JsonCache("activations")
-            cpu = (onednn_channel_block(), torch.get_num_threads()) if device_kind == "cpu" else ()
+            cpu = (onednn_channel_block(), torch.get_num_threads()) if device_kind.startswith("cpu") else ()
             shape = (batch, in_channels, *roi)
             disk_key = cache_key(TRACE_REVISION, torch.__version__, device_kind, cpu, shape, repr(self.network))
             hit = disk.get(disk_key)

@@ -64,7 +64,7 @@ def test_activation_term_is_the_traced_network(tta):
     import torch
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from medseg.inference.tracing import NetworkMemory
+    from medseg.inference.tracing import CHANNELS_LAST_CPU, NetworkMemory
     from medseg.models.nnunet.model import _trainer_class
 
     plans = json.loads((CONFIG / "plans.json").read_text())
@@ -77,7 +77,7 @@ def test_activation_term_is_the_traced_network(tta):
     assert not net.decoder.deep_supervision
     # with TTA on the CPU, one mirrored copy per view worker (a thread per core) is in flight
     batch = min(8, torch.get_num_threads()) if tta else 1
-    expected = NetworkMemory(net).activations(1, (48, 48, 48), batch, "cpu")
+    expected = NetworkMemory(net).activations(1, (48, 48, 48), batch, CHANNELS_LAST_CPU)
     model = NnUNetModel(CONFIG, folds=[0], tta=tta)
     assert model.views_in_flight() == batch
     assert model.memory_breakdown(_phantom((60, 60, 60)))["window.activations"] == expected
@@ -100,8 +100,10 @@ def test_bands_are_planned_when_the_full_logits_do_not_fit():
     model.stream_slabs = True
     bands = model.memory_phases(volume)
     assert bands["windows"]["logits"] < full["windows"]["logits"] / 2
-    # the export's slab (one chunk of resampled logits) is in both: the peak falls by about a tenth here
-    assert max(sum(p.values()) for p in bands.values()) < 0.9 * max(sum(p.values()) for p in full.values())
+    # the windows phase falls by 40 % here; the export (one chunk of resampled logits, in both) now sets the
+    # peak of either, which bands never raise
+    assert sum(bands["windows"].values()) < 0.65 * sum(full["windows"].values())
+    assert max(sum(p.values()) for p in bands.values()) <= max(sum(p.values()) for p in full.values())
     # by budget: streams when the full path's peak exceeds it, not otherwise
     model.stream_slabs = None
     model.set_host_budget(max(sum(p.values()) for p in full.values()) - 1)

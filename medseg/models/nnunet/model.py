@@ -482,11 +482,14 @@ class NnUNetModel(Model):
             self._network_memory = NetworkMemory(network.eval())
         return self._network_memory
 
-    def _activation_bytes(self, batch: int, device_kind: str = "cpu") -> int:
-        """The traced activation peak of one forward pass of ``batch`` windows of the patch size."""
+    def _activation_bytes(self, batch: int) -> int:
+        """The traced activation peak of one forward pass of ``batch`` windows of the patch size, on the CPU
+        as :func:`channels_last_network` runs it."""
+        from medseg.inference.tracing import CHANNELS_LAST_CPU
+
         net = self.network_memory()
         patch = tuple(int(p) for p in self.configuration_manager.patch_size)
-        return net.activations(_in_channels(net.network), patch, batch, device_kind)
+        return net.activations(_in_channels(net.network), patch, batch, CHANNELS_LAST_CPU)
 
     def _gpu_terms(self) -> dict[str, int]:
         if not str(self.device).startswith("cuda"):
@@ -538,6 +541,8 @@ class NnUNetModel(Model):
             # sum and each view worker's output and its flipped copy; and the float16 Gaussian
             "window.sums": ((1 + 2 * batch) if on_cpu and batch > 1 else 2) * heads * patch * 4 + 2 * patch,
         }
+        if on_cpu and batch > 1:  # each view worker thread's own oneDNN kernels and buffers (measured)
+            window["window.view_threads"] = batch * VIEW_THREAD_BYTES
         item = self._label_itemsize()
         if not banded:
             logits = {"logits": 2 * heads * mp, "weight_sums": 2 * mp,
@@ -988,6 +993,11 @@ def _slide(band, dim: int, shift: int) -> None:
     band.narrow(dim, 0, length - shift).copy_(kept)
     band.narrow(dim, length - shift, shift).zero_()
 
+
+#: resident bytes each TTA view worker thread adds on its first window (oneDNN's kernels and buffers made
+#: for a single-threaded caller, kept with the thread): 2 workers grew the process by 69-70 MiB beyond the
+#: traced activations on the shipped model's 48^3 windows (development VM, AVX-512)
+VIEW_THREAD_BYTES = 35 << 20
 
 #: ``--precision`` values: fp32 (nnU-Net's own on the CPU) or bf16 (CPU autocast); CUDA runs float16 autocast
 PRECISIONS = ("fp32", "bf16")
