@@ -150,3 +150,22 @@ def test_predicted_peak_is_within_15_percent_of_the_measured_rss():
     result = json.loads(run.stdout.strip().splitlines()[-1])
     ratio = result["predicted_run"] / result["measured_run"]
     assert 0.85 <= ratio <= 1.15, result
+
+
+def test_view_workers_give_way_to_the_host_budget():
+    """With TTA on the CPU a mirrored copy runs per core, unless those copies do not fit the host budget."""
+    import torch
+
+    model = NnUNetModel(CONFIG, folds=[0], tta=True)
+    volume = _phantom((60, 60, 40))
+    model.set_host_budget(1 << 40)
+    roomy = model.memory_phases(volume)
+    assert model.views_in_flight() == min(8, torch.get_num_threads())
+    assert not model.memory_notes
+    if model.views_in_flight() < 2:
+        pytest.skip("one torch thread: no view workers to give way")
+    model.set_host_budget(max(sum(p.values()) for p in roomy.values()) - 1)
+    tight = model.memory_phases(volume)
+    assert model.views_in_flight() == 1
+    assert "one mirrored copy at a time" in model.memory_notes[-1]
+    assert tight["windows"]["window.activations"] < roomy["windows"]["window.activations"]

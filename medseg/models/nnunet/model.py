@@ -171,6 +171,7 @@ class NnUNetModel(Model):
         #: logits in first-axis bands (True), the full buffer (False), or by the host budget (None)
         self.stream_slabs = stream_slabs
         self.host_budget = None if host_budget is None else int(host_budget)
+        self.one_view = False  # set by the planner when a mirrored copy per core does not fit the budget
         self.memory_notes: list[str] = []
         self._network_memory = None
 
@@ -364,12 +365,33 @@ class NnUNetModel(Model):
         the export can stream, the windows run in first-axis bands (:meth:`_band_windows`): the
         logits term is then one band per fold and the windows and export phases overlap.
         """
-        g = self._geometry_of_volume(volume)
-        full = self._phases(g, banded=False)
-        self.memory_notes = []
-        if self._use_bands(g, full):
-            return self._phases(g, banded=True)
-        return full
+        return self._plan_phases(self._geometry_of_volume(volume))[1]
+
+    def _plan_phases(self, g: dict) -> tuple[bool, dict[str, dict[str, int]]]:
+        """Whether the logits stream in bands, and the phases: with the CPU's TTA view workers, unless their
+        copies in flight do not fit the host budget (then one copy at a time, ``memory_notes`` says so)."""
+        self.one_view = False
+        while True:
+            self.memory_notes = []
+            full = self._phases(g, banded=False)
+            banded = self._use_bands(g, full)
+            phases = self._phases(g, banded=True) if banded else full
+            if self.one_view or self.views_in_flight() < 2 or not self._exceeds_budget(phases):
+                break
+            self.one_view = True
+        if self.one_view:
+            self.memory_notes.append(
+                "nnU-Net: one mirrored copy at a time (a copy per core does not fit the host budget)"
+            )
+        return banded, phases
+
+    def _exceeds_budget(self, phases: dict[str, dict[str, int]]) -> bool:
+        budget = self.host_budget
+        if budget is None:
+            from medseg.inference.budget import auto_host_budget
+
+            budget = auto_host_budget()
+        return max(sum(p.values()) for p in phases.values()) > budget
 
     def _use_bands(self, g: dict, full: dict[str, dict[str, int]]) -> bool:
         if not g["can_stream"] or len(g["patch"]) != 3:
@@ -387,14 +409,7 @@ class NnUNetModel(Model):
         return False
 
     def _over_budget(self, phases: dict[str, dict[str, int]]) -> bool:
-        if self.stream_slabs is False:
-            return False
-        budget = self.host_budget
-        if budget is None:
-            from medseg.inference.budget import auto_host_budget
-
-            budget = auto_host_budget()
-        return max(sum(p.values()) for p in phases.values()) > budget
+        return self.stream_slabs is not False and self._exceeds_budget(phases)
 
     def _geometry_of_volume(self, volume: Volume) -> dict:
         """The shapes nnU-Net will see for ``volume`` (before any checkpoint is loaded)."""
@@ -629,8 +644,8 @@ class NnUNetModel(Model):
         t = time.perf_counter()
         cropped = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
         geometry = self._geometry(channels, shape_zyx, list(spacing), cropped, 0)
-        self.memory_notes = []
-        if self._use_bands(geometry, self._phases(geometry, banded=False)):
+        banded, _ = self._plan_phases(geometry)
+        if banded:
             seg = self._band_windows(torch.from_numpy(np.ascontiguousarray(pre)), props, progress)
             del pre
             timings["nnunet.windows+export"] = time.perf_counter() - t
@@ -931,7 +946,7 @@ class NnUNetModel(Model):
         import torch
 
         threads = torch.get_num_threads()
-        workers = min(threads, self._tta_views())
+        workers = self.views_in_flight()
         if self.device != "cpu" or workers < 2:
             yield
             return
@@ -955,7 +970,7 @@ class NnUNetModel(Model):
     def views_in_flight(self) -> int:
         """Mirrored copies whose activations are alive at once: the CPU workers' or CUDA's batch."""
         views = self._tta_views()
-        if views == 1:
+        if views == 1 or self.one_view:
             return 1
         if self.device == "cpu":
             import torch
