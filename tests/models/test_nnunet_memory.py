@@ -75,8 +75,9 @@ def test_activation_term_is_the_traced_network(tta):
     kinds = {type(m) for m in net.modules()}
     assert {torch.nn.InstanceNorm3d, torch.nn.LeakyReLU, torch.nn.ConvTranspose3d} <= kinds
     assert not net.decoder.deep_supervision
-    # with TTA on the CPU, one mirrored copy per view worker (a thread per core) is in flight
-    batch = min(8, torch.get_num_threads()) if tta else 1
+    # on the CPU one window or mirrored copy per worker thread (a thread per core, 2-8 cores) is in flight
+    threads = torch.get_num_threads()
+    batch = threads if 2 <= threads <= 8 else 1
     expected = NetworkMemory(net).activations(1, (48, 48, 48), batch, CHANNELS_LAST_CPU)
     model = NnUNetModel(CONFIG, folds=[0], tta=tta)
     assert model.views_in_flight() == batch
@@ -100,9 +101,9 @@ def test_bands_are_planned_when_the_full_logits_do_not_fit():
     model.stream_slabs = True
     bands = model.memory_phases(volume)
     assert bands["windows"]["logits"] < full["windows"]["logits"] / 2
-    # the windows phase falls by 40 % here; the export (one chunk of resampled logits, in both) now sets the
-    # peak of either, which bands never raise
-    assert sum(bands["windows"].values()) < 0.65 * sum(full["windows"].values())
+    # the windows phase falls by more than one fold's full logits (here 183 MB against 139 MB); the export (one
+    # chunk of resampled logits, in both) sets the peak of either, which bands never raise
+    assert sum(full["windows"].values()) - sum(bands["windows"].values()) > full["windows"]["logits"]
     assert max(sum(p.values()) for p in bands.values()) <= max(sum(p.values()) for p in full.values())
     # by budget: streams when the full path's peak exceeds it, not otherwise
     model.stream_slabs = None
@@ -153,14 +154,15 @@ def test_predicted_peak_is_within_15_percent_of_the_measured_rss():
 
 
 def test_view_workers_give_way_to_the_host_budget():
-    """With TTA on the CPU a mirrored copy runs per core, unless those copies do not fit the host budget."""
+    """On the CPU a mirrored copy (with TTA) or window runs per core, unless those do not fit the host budget."""
     import torch
 
     model = NnUNetModel(CONFIG, folds=[0], tta=True)
     volume = _phantom((60, 60, 40))
     model.set_host_budget(1 << 40)
     roomy = model.memory_phases(volume)
-    assert model.views_in_flight() == min(8, torch.get_num_threads())
+    threads = torch.get_num_threads()
+    assert model.views_in_flight() == (threads if 2 <= threads <= 8 else 1)
     assert not model.memory_notes
     if model.views_in_flight() < 2:
         pytest.skip("one torch thread: no view workers to give way")

@@ -19,7 +19,9 @@ element-wise layers, ``torch.cat`` and the residual adds keep the layout by them
   ``F.instance_norm``, which makes an NCDHW copy first (and ``torch.var_mean`` over the spatial
   axes of an NDHWC tensor is as slow as that copy);
 - transposed convolutions whose kernel equals their stride (nnU-Net's upsampling) are a matrix
-  product per voxel (``C_in -> kernel voxels x C_out``) whose result is laid out into the finer grid.
+  product per voxel (``C_in -> kernel voxels x C_out``) whose result is laid out into the finer grid;
+- the segmentation head (``decoder.seg_layers``, 1x1x1 convolutions) is a matrix product that
+  writes the logits in NCDHW, the layout the network returns.
 
 The arithmetic is the same in float32 (sums in another order: results agree to float32 rounding,
 checked in ``tests/models/test_nnunet_cpu_layout.py``). Layers of other types, or configurations
@@ -44,9 +46,13 @@ def channels_last_network(network) -> int:
     if not torch.backends.mkldnn.is_available():
         return 0
     n = 0
+    heads = getattr(getattr(network, "decoder", None), "seg_layers", ())
+    outputs = {id(m) for m in heads if type(m) in (torch.nn.Conv3d, torch.nn.Conv2d) and _pointwise(m)}
     for module in network.modules():
         kind = type(module)
-        if kind in (torch.nn.Conv3d, torch.nn.Conv2d) and _plain_conv(module):
+        if id(module) in outputs:
+            module.forward = types.MethodType(_output_forward, module)
+        elif kind in (torch.nn.Conv3d, torch.nn.Conv2d) and _plain_conv(module):
             module.weight.data = module.weight.data.contiguous(memory_format=_layout(module.weight.dim()))
             module.forward = types.MethodType(_conv_forward, module)
         elif kind in (torch.nn.InstanceNorm3d, torch.nn.InstanceNorm2d) and not module.track_running_stats:
@@ -73,6 +79,17 @@ def _is_channels_last(x) -> bool:
 
 def _plain_conv(conv) -> bool:
     return conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+
+
+def _pointwise(conv) -> bool:
+    padding = (0,) if conv.padding == "valid" else conv.padding
+    return (
+        not isinstance(padding, str)
+        and not any(padding)
+        and all(k == 1 for k in conv.kernel_size)
+        and all(st == 1 for st in conv.stride)
+        and conv.groups == 1
+    )
 
 
 def _upsampling(transposed) -> bool:
@@ -125,6 +142,30 @@ def _conv_forward(self, x):
     )  # fmt: skip
     # oneDNN answers a one-channel input (both layouts at once) in NCDHW
     return out.contiguous(memory_format=layout)
+
+
+def _output_forward(self, x):
+    """The segmentation head (a 1x1x1 convolution): a matrix product of the channels-last features that
+    writes the logits in NCDHW, the layout the network returns (a channels-last output's NCDHW copy of
+    118 TotalSegmentator classes at 48^3 took 47.6 ms, the product 30.6 ms)."""
+    import torch
+
+    if x.device.type != "cpu" or not _is_channels_last(x):
+        return type(self).forward(self, x)
+    weight, bias = self.weight, self.bias
+    dtype = _autocast_dtype(x)
+    if dtype is not None:
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    n, c_in, *spatial = x.shape
+    c_out = weight.shape[0]
+    features = x.permute(0, *range(2, x.dim()), 1).reshape(n, -1, c_in).transpose(1, 2)  # (N, C_in, S) view
+    matrix = weight.reshape(c_out, c_in).expand(n, c_out, c_in)
+    if bias is None:
+        out = torch.bmm(matrix, features)
+    else:
+        out = torch.baddbmm(bias.view(1, c_out, 1).expand(n, c_out, features.shape[2]), matrix, features)
+    return out.view(n, c_out, *spatial)
 
 
 def _instance_norm_forward(self, x):

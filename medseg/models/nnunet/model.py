@@ -774,10 +774,9 @@ class NnUNetModel(Model):
                 for f in range(n_folds):
                     if n_folds > 1:
                         self.network.load_state_dict(self.states[f])
-                    for sy, sz in itertools.product(steps[1], steps[2]):
-                        sl = (slice(None), slice(sx, sx + patch[0]), slice(sy, sy + patch[1]), slice(sz, sz + patch[2]))
-                        window = padded[sl][None].to(device)
-                        pred = self._mirror_and_predict(window)[0].to("cpu")
+                    row = [(slice(None), slice(sx, sx + patch[0]), slice(sy, sy + patch[1]), slice(sz, sz + patch[2]))
+                           for sy, sz in itertools.product(steps[1], steps[2])]  # fmt: skip
+                    for sl, pred in self._predict_windows(padded, row, device):
                         pred *= gaussian
                         bands[f][(slice(None), slice(0, depth), sl[2], sl[3])] += pred
                         if f == 0:
@@ -876,9 +875,7 @@ class NnUNetModel(Model):
         logits = torch.zeros((heads, *size), dtype=torch.float16)
         weight = torch.zeros(size, dtype=torch.float16)
         with torch.inference_mode(), self._autocast(device), self._view_workers():
-            for n, sl in enumerate(slicers):
-                window = padded[sl][None].to(device)
-                pred = self._mirror_and_predict(window)[0].to("cpu")
+            for n, (sl, pred) in enumerate(self._predict_windows(padded, slicers, device)):
                 pred *= gaussian
                 logits[sl] += pred
                 weight[sl[1:]] += gaussian
@@ -898,6 +895,22 @@ class NnUNetModel(Model):
         if self.precision == "bf16":
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def _predict_windows(self, padded, slicers, device):
+        """``(slicer, logits)`` of each window, in ``slicers``' order. Without TTA on the CPU the windows run
+        on :meth:`_view_workers`' threads, a group of one per worker at a time; with TTA a window at a
+        time (its mirrored copies run on the workers)."""
+        pool = getattr(self, "_pool", None)
+        if pool is None or self._tta_views() > 1:
+            for sl in slicers:
+                yield sl, self._mirror_and_predict(padded[sl][None].to(device))[0].to("cpu")
+            return
+        step = pool._max_workers
+        for start in range(0, len(slicers), step):
+            group = slicers[start : start + step]
+            outs = list(pool.map(lambda sl: self._view(padded[sl][None], None)[0], group))
+            yield from zip(group, outs)
+            del outs
 
     def _mirror_and_predict(self, x):
         """The window's logits, averaged over nnU-Net's mirrorings (same order and sums as the reference).
@@ -939,10 +952,11 @@ class NnUNetModel(Model):
 
     @contextlib.contextmanager
     def _view_workers(self):
-        """On the CPU with TTA: one worker thread per core, each running whole mirrored copies single-
-        threaded (``torch.set_num_threads(1)`` for the scope, restored after). Measured on the 2-core
-        development VM: 8 copies of a 48^3 window 668 ms against 784 ms with both cores on each copy
-        (each copy's feature maps stay in one core's cache; no synchronisation inside a layer)."""
+        """On the CPU: one worker thread per core (:meth:`views_in_flight`), each running whole mirrored
+        copies (TTA) or whole windows single-threaded (``torch.set_num_threads(1)`` for the scope,
+        restored after). Measured on the 2-core development VM: 8 copies of a 48^3 window 668 ms
+        against 784 ms with both cores on each copy (each copy's feature maps stay in one core's
+        cache; no synchronisation inside a layer)."""
         import torch
 
         threads = torch.get_num_threads()
@@ -968,15 +982,21 @@ class NnUNetModel(Model):
         return 1 if self.device == "cpu" else 2
 
     def views_in_flight(self) -> int:
-        """Mirrored copies whose activations are alive at once: the CPU workers' or CUDA's batch."""
-        views = self._tta_views()
-        if views == 1 or self.one_view:
+        """Windows or mirrored copies whose activations are alive at once: one per CPU worker thread
+        (:meth:`_view_workers`: a thread per core where the cores are no more than the mirrored copies,
+        or without TTA no more than :data:`MAX_WINDOW_WORKERS`, and one window's activations are at most
+        :data:`WORKER_ACTIVATION_LIMIT`), CUDA's TTA batch, else 1."""
+        if self.one_view:
             return 1
+        views = self._tta_views()
         if self.device == "cpu":
             import torch
 
-            return min(views, torch.get_num_threads())
-        return self.planned_tta_batch()
+            threads = torch.get_num_threads()
+            if not 2 <= threads <= (views if views > 1 else MAX_WINDOW_WORKERS):
+                return 1
+            return threads if self._activation_bytes(1) <= WORKER_ACTIVATION_LIMIT else 1
+        return self.planned_tta_batch() if views > 1 else 1
 
 
 def _source_rows(n_in: int, n_out: int):
@@ -1008,6 +1028,15 @@ def _slide(band, dim: int, shift: int) -> None:
     band.narrow(dim, 0, length - shift).copy_(kept)
     band.narrow(dim, length - shift, shift).zero_()
 
+
+#: the most CPU worker threads running whole windows (no TTA) each single-threaded; with more cores the
+#: threads work inside each window as before (measured on 2 cores only)
+MAX_WINDOW_WORKERS = 8
+
+#: worker threads only for windows whose traced activations are at most this: small windows gain from a
+#: core each (their feature maps stay in its cache); large ones (nnU-Net's 128^3 networks, 1.9 GB) keep
+#: every thread inside one window, as before, and one window's activations alive, not one per core
+WORKER_ACTIVATION_LIMIT = 256 << 20
 
 #: resident bytes each TTA view worker thread adds on its first window (oneDNN's kernels and buffers made
 #: for a single-threaded caller, kept with the thread): 2 workers grew the process by 69-70 MiB beyond the
