@@ -31,6 +31,7 @@ CUDA the windows run under float16 autocast, as nnU-Net's predictor does; the lo
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -898,19 +899,26 @@ class NnUNetModel(Model):
 
     def _predict_windows(self, padded, slicers, device):
         """``(slicer, logits)`` of each window, in ``slicers``' order. Without TTA on the CPU the windows run
-        on :meth:`_view_workers`' threads, a group of one per worker at a time; with TTA a window at a
-        time (its mirrored copies run on the workers)."""
+        on :meth:`_view_workers`' threads, one per worker in flight while the caller sums the previous
+        one (single-threaded: with 118 classes the sums are a sixth of a window's time); with TTA a
+        window at a time (its mirrored copies run on the workers)."""
         pool = getattr(self, "_pool", None)
         if pool is None or self._tta_views() > 1:
             for sl in slicers:
                 yield sl, self._mirror_and_predict(padded[sl][None].to(device))[0].to("cpu")
             return
-        step = pool._max_workers
-        for start in range(0, len(slicers), step):
-            group = slicers[start : start + step]
-            outs = list(pool.map(lambda sl: self._view(padded[sl][None], None)[0], group))
-            yield from zip(group, outs)
-            del outs
+        # one window per worker in flight; the caller sums a finished one while the next ones run
+        pending: collections.deque = collections.deque()
+        todo = iter(slicers)
+        for sl in itertools.islice(todo, pool._max_workers):
+            pending.append((sl, pool.submit(self._view, padded[sl][None], None)))
+        while pending:
+            sl, future = pending.popleft()
+            out = future.result()[0]
+            for nxt in itertools.islice(todo, 1):
+                pending.append((nxt, pool.submit(self._view, padded[nxt][None], None)))
+            yield sl, out
+            del out
 
     def _mirror_and_predict(self, x):
         """The window's logits, averaged over nnU-Net's mirrorings (same order and sums as the reference).
@@ -1038,10 +1046,11 @@ MAX_WINDOW_WORKERS = 8
 #: every thread inside one window, as before, and one window's activations alive, not one per core
 WORKER_ACTIVATION_LIMIT = 256 << 20
 
-#: resident bytes each TTA view worker thread adds on its first window (oneDNN's kernels and buffers made
-#: for a single-threaded caller, kept with the thread): 2 workers grew the process by 69-70 MiB beyond the
-#: traced activations on the shipped model's 48^3 windows (development VM, AVX-512)
-VIEW_THREAD_BYTES = 35 << 20
+#: resident bytes each worker thread adds on its first window (oneDNN's kernels and buffers made for a
+#: single-threaded caller, kept with the thread): beyond the traced activations, 2 workers grew the
+#: process by 38-73 MiB (53 on average, four runs of benchmarks/nnunet_memory.py's TTA row, shipped
+#: model, 48^3 windows, development VM with AVX-512)
+VIEW_THREAD_BYTES = 27 << 20
 
 #: ``--precision`` values: fp32 (nnU-Net's own on the CPU) or bf16 (CPU autocast); CUDA runs float16 autocast
 PRECISIONS = ("fp32", "bf16")
