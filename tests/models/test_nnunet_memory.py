@@ -169,5 +169,5 @@ def test_view_workers_give_way_to_the_host_budget():
     model.set_host_budget(max(sum(p.values()) for p in roomy.values()) - 1)
     tight = model.memory_phases(volume)
     assert model.views_in_flight() == 1
-    assert "one mirrored copy at a time" in model.memory_notes[-1]
+    assert "one window or mirrored copy at a time" in model.memory_notes[-1]
     assert tight["windows"]["window.activations"] < roomy["windows"]["window.activations"]

@@ -116,23 +116,23 @@ def _network_forward(forward):
     return run
 
 
-def _autocast_dtype(x):
-    """The dtype CPU autocast would run a convolution in, else None."""
+def _autocast_inputs(layer, x):
+    """``x`` and the layer's weight and bias, cast as CPU autocast would cast a convolution's (autocast
+    does not see ``torch.mkldnn_convolution`` nor these matrix products); as they are without autocast."""
     import torch
 
+    weight, bias = layer.weight, layer.bias
     if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
-        return torch.get_autocast_dtype("cpu")
-    return None
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = None if bias is None else bias.to(dtype)
+    return x, weight, bias
 
 
 def _conv_forward(self, x):
     import torch
 
-    weight, bias = self.weight, self.bias
-    dtype = _autocast_dtype(x)
-    if dtype is not None:
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = _autocast_inputs(self, x)
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.bfloat16):
         return type(self).forward(self, x)
     layout = _layout(x.dim())
@@ -152,11 +152,7 @@ def _output_forward(self, x):
 
     if x.device.type != "cpu" or not _is_channels_last(x):
         return type(self).forward(self, x)
-    weight, bias = self.weight, self.bias
-    dtype = _autocast_dtype(x)
-    if dtype is not None:
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = _autocast_inputs(self, x)
     n, c_in, *spatial = x.shape
     c_out = weight.shape[0]
     features = x.permute(0, *range(2, x.dim()), 1).reshape(n, -1, c_in).transpose(1, 2)  # (N, C_in, S) view
@@ -200,11 +196,7 @@ def _upsampling_forward(self, x):
 
     if x.device.type != "cpu" or not _is_channels_last(x):
         return type(self).forward(self, x)
-    weight, bias = self.weight, self.bias
-    dtype = _autocast_dtype(x)
-    if dtype is not None:
-        x, weight = x.to(dtype), weight.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+    x, weight, bias = _autocast_inputs(self, x)
     n, c_in, *spatial = x.shape
     c_out, kernel = weight.shape[1], tuple(weight.shape[2:])
     k = len(kernel)

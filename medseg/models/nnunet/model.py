@@ -27,6 +27,10 @@ shape, before any checkpoint is read (the network is built on the meta device an
 full float16 logits do not fit the host budget and the export can stream, the windows run in
 first-axis bands (:meth:`NnUNetModel._band_windows`), with labels identical to the full buffer's. On
 CUDA the windows run under float16 autocast, as nnU-Net's predictor does; the logits stay on the host.
+
+CPU speed, same arithmetic in float32: the network runs channels-last with oneDNN convolutions
+(:mod:`medseg.models.nnunet.cpu_layout`), and each core runs whole mirrored copies or small windows
+on its own thread (:meth:`NnUNetModel._view_workers`), summed in the reference's order.
 """
 
 from __future__ import annotations
@@ -172,7 +176,7 @@ class NnUNetModel(Model):
         #: logits in first-axis bands (True), the full buffer (False), or by the host budget (None)
         self.stream_slabs = stream_slabs
         self.host_budget = None if host_budget is None else int(host_budget)
-        self.one_view = False  # set by the planner when a mirrored copy per core does not fit the budget
+        self.one_view = False  # set by the planner when a window or mirrored copy per core does not fit
         self.memory_notes: list[str] = []
         self._network_memory = None
 
@@ -369,8 +373,9 @@ class NnUNetModel(Model):
         return self._plan_phases(self._geometry_of_volume(volume))[1]
 
     def _plan_phases(self, g: dict) -> tuple[bool, dict[str, dict[str, int]]]:
-        """Whether the logits stream in bands, and the phases: with the CPU's TTA view workers, unless their
-        copies in flight do not fit the host budget (then one copy at a time, ``memory_notes`` says so)."""
+        """Whether the logits stream in bands, and the phases: with the CPU's worker threads, unless their
+        windows or mirrored copies in flight do not fit the host budget (then one at a time,
+        ``memory_notes`` says so)."""
         self.one_view = False
         while True:
             self.memory_notes = []
@@ -382,7 +387,7 @@ class NnUNetModel(Model):
             self.one_view = True
         if self.one_view:
             self.memory_notes.append(
-                "nnU-Net: one mirrored copy at a time (a copy per core does not fit the host budget)"
+                "nnU-Net: one window or mirrored copy at a time (one per core does not fit the host budget)"
             )
         return banded, phases
 
