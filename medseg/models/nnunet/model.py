@@ -177,6 +177,7 @@ class NnUNetModel(Model):
         self.stream_slabs = stream_slabs
         self.host_budget = None if host_budget is None else int(host_budget)
         self.one_view = False  # set by the planner when a window or mirrored copy per core does not fit
+        self._pool = (None, 1)  # (thread pool, its workers) while :meth:`_view_workers` runs
         self.memory_notes: list[str] = []
         self._network_memory = None
 
@@ -482,12 +483,7 @@ class NnUNetModel(Model):
 
     def planned_tta_batch(self) -> int:
         """Window copies per forward pass, as :meth:`_mirror_and_predict` groups them."""
-        views = self._tta_views()
-        if views == 1:
-            return 1
-        self._managers()
-        patch = tuple(int(p) for p in self.configuration_manager.patch_size)
-        return min(views, max(1, self.tta_batch(np.empty((1, 1, *patch), dtype=np.uint8))))
+        return min(self._tta_views(), self.tta_batch())
 
     def network_memory(self):
         """:class:`~medseg.inference.tracing.NetworkMemory` of the plans' network, built on the meta device
@@ -907,7 +903,7 @@ class NnUNetModel(Model):
         on :meth:`_view_workers`' threads, one per worker in flight while the caller sums the previous
         one (single-threaded: with 118 classes the sums are a sixth of a window's time); with TTA a
         window at a time (its mirrored copies run on the workers)."""
-        pool = getattr(self, "_pool", None)
+        pool, workers = self._pool
         if pool is None or self._tta_views() > 1:
             for sl in slicers:
                 yield sl, self._mirror_and_predict(padded[sl][None].to(device))[0].to("cpu")
@@ -915,7 +911,7 @@ class NnUNetModel(Model):
         # one window per worker in flight; the caller sums a finished one while the next ones run
         pending: collections.deque = collections.deque()
         todo = iter(slicers)
-        for sl in itertools.islice(todo, pool._max_workers):
+        for sl in itertools.islice(todo, workers):
             pending.append((sl, pool.submit(self._view, padded[sl][None], None)))
         while pending:
             sl, future = pending.popleft()
@@ -938,8 +934,8 @@ class NnUNetModel(Model):
         dims = [a + 2 for a in axes]
         combos = [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
         views = [None, *combos]
-        pool = getattr(self, "_pool", None)
-        step = pool._max_workers if pool is not None else max(1, self.tta_batch(x))
+        pool, workers = self._pool
+        step = workers if pool is not None else self.tta_batch()
         prediction = None
         for start in range(0, len(views), step):  # a group at a time: at most ``step`` outputs alive
             group = views[start : start + step]
@@ -982,13 +978,13 @@ class NnUNetModel(Model):
         torch.set_num_threads(1)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="medseg-tta") as pool:
-                self._pool = pool
+                self._pool = (pool, workers)
                 yield
         finally:
-            self._pool = None
+            self._pool = (None, 1)
             torch.set_num_threads(threads)
 
-    def tta_batch(self, x) -> int:
+    def tta_batch(self) -> int:
         """Mirrored copies per forward pass: one on the CPU (each on a worker thread, see
         :meth:`_view_workers`; in batches of 8 the channels-last network ran 87 ms per 48^3 copy against
         67 ms one at a time: a batch's feature maps leave the caches), 2 on CUDA."""
