@@ -82,8 +82,30 @@ class FiniteRange(click.FloatRange):
         return number
 
 
+class Device(click.ParamType):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``; a CUDA device this machine does not have is a usage error
+    (checked here, before any scan is read or model loaded)."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        from medseg.devices import resolve_device
+
+        if str(value).strip().lower() in ("auto", "cpu"):
+            return str(value).strip().lower()
+        try:
+            resolve_device(value)
+        except MedsegError as err:
+            self.fail(err.problem.removeprefix(f"--device {str(value).strip().lower()} requested but "), param, ctx)
+        return str(value).strip().lower()
+
+
 OVERLAP = FiniteRange(0.0, 1.0, max_open=True)
 MEMORY = MemorySize()
+#: ``--device`` on infer, plan and batch
+DEVICE_OPTION = click.option(
+    "--device", type=Device(), default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+)
 #: ``--model`` on infer, plan and batch
 MODEL_OPTION = click.option(
     "--model",
@@ -169,6 +191,14 @@ def model_options(fn):
         options = {"folds": parse_folds(folds), "tta": tta, "step_size": step_size}
         options["trust_checkpoint"] = trust_checkpoint
         if precision:
+            from medseg.devices import check_precision
+
+            try:
+                check_precision(precision, kwargs.get("device", "auto"))
+            except MedsegError as err:
+                raise click.BadParameter(
+                    err.problem.removeprefix("--precision bf16: "), param_hint="--precision"
+                ) from None
             options["precision"] = precision
         if roi_subset:
             options["roi_subset"] = [name.strip() for name in roi_subset.split(",") if name.strip()]
@@ -209,7 +239,29 @@ def reader_options(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """medseg's command group: a usage error is one line, ``medseg: error: <problem> (see 'medseg CMD
+    --help')``, and exit code 2, as click's usage errors exit but without its usage block."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as err:
+            where = err.ctx.command_path if err.ctx is not None else "medseg"
+            click.echo(f"medseg: error: {err.format_message().rstrip('.')} (see '{where} --help')", err=True)
+            sys.exit(err.exit_code)
+        except click.ClickException as err:
+            err.show()
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="medseg")
 @click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
 def main(debug: bool) -> None:
@@ -228,7 +280,7 @@ def main(debug: bool) -> None:
     "-o", "--output", type=click.Path(path_type=Path), help="Label file (default: <stem>_seg.nii.gz beside INPUT)."
 )
 @MODEL_OPTION
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@DEVICE_OPTION
 @click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
 @click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
@@ -541,7 +593,7 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.option("-o", "--output", "out_dir", type=click.Path(path_type=Path), help="Output folder (outputs + ledger).")
 @click.option("--manifest", type=click.Path(path_type=Path), help="CSV with columns id,path instead of INPUT_DIR.")
 @MODEL_OPTION
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@DEVICE_OPTION
 @click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
 @click.option("--preview", is_flag=True, help="Also write a PNG montage per case.")
 @click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
@@ -702,8 +754,11 @@ def series(folder, show_patient, as_json) -> None:
     import json
 
     from medseg.io.dicom import scan_dicom
+    from medseg.progress import Progress
 
-    scan = scan_dicom(folder)
+    with Progress() as progress:
+        progress.stage("read DICOM")
+        scan = scan_dicom(folder)
     rows = [s.summary(show_patient=show_patient) for s in scan.stacks]
     if as_json:
         other = [{"path": str(p), "kind": k} for p, k in scan.non_images]
@@ -754,8 +809,13 @@ def convert(input_path, output, read_options) -> None:
 
     if not output.name.lower().endswith(NIFTI_SUFFIXES):
         raise MedsegError("output must be a .nii or .nii.gz file", output)
-    volume = read_volume(input_path, read_options)
-    write_nifti(volume, output)
+    from medseg.progress import Progress
+
+    with Progress() as progress:
+        progress.stage("read")
+        volume = read_volume(input_path, read_options)
+        progress.stage("write")
+        write_nifti(volume, output)
     dims = "x".join(str(s) for s in volume.array.shape)
     spacing = "x".join(f"{s:.4g}" for s in volume.spacing)
     click.echo(f"{input_path} -> {output}: {dims} {''.join(volume.axcodes)} {spacing} mm {volume.array.dtype}")
@@ -860,9 +920,12 @@ def view(
         raise click.UsageError(
             f"{used[0]} works on a cohort (a medseg batch output folder, a folder of scans, or --manifest)"
         )
+    from medseg.progress import Progress
     from medseg.viewer.launch import require_napari
 
-    require_napari()
+    with Progress() as progress:  # importing napari and Qt takes seconds
+        progress.stage("start napari")
+        require_napari()
     if screenshot is not None:
         from medseg.viewer.display import virtual_display
         from medseg.viewer.launch import fit_window, open_viewer, save_screenshot
@@ -971,19 +1034,25 @@ def prompt(
         raise click.UsageError("give -o MASK.nii.gz (or --labels LABELS.nii.gz --as NAME)")
     if not (voxels or points):
         raise click.UsageError("give at least one --voxel I,J,K or --point X,Y,Z inside the structure")
+    from medseg.progress import Progress
+
     output = output if output is not None else labels_path
     t0 = time.perf_counter()
-    volume = read_volume(image, read_options)
-    positive = [parse_voxel(v) for v in voxels] + [world_to_voxel(volume, parse_numbers(p, 3, "point")) for p in points]
-    negative = [parse_voxel(v) for v in negatives] + [
-        world_to_voxel(volume, parse_numbers(p, 3, "point")) for p in negative_points
-    ]
-    prompts = Prompts.of(positive, negative, parse_box(box) if box else None)
-    model_labels = None
-    if from_labels is not None:
-        model_labels = read_volume(from_labels).array
-    mask = PromptSegmenter(volume).segment(prompts, model_labels)
-    written, value = write_prompt_labels(mask, volume, output, label_name, labels_path)
+    with Progress() as progress:
+        progress.stage("read")
+        volume = read_volume(image, read_options)
+        positive = [parse_voxel(v) for v in voxels]
+        positive += [world_to_voxel(volume, parse_numbers(p, 3, "point")) for p in points]
+        negative = [parse_voxel(v) for v in negatives]
+        negative += [world_to_voxel(volume, parse_numbers(p, 3, "point")) for p in negative_points]
+        prompts = Prompts.of(positive, negative, parse_box(box) if box else None)
+        model_labels = None
+        if from_labels is not None:
+            model_labels = read_volume(from_labels).array
+        progress.stage("segment")
+        mask = PromptSegmenter(volume).segment(prompts, model_labels)
+        progress.stage("write")
+        written, value = write_prompt_labels(mask, volume, output, label_name, labels_path)
     ml = float(mask.sum()) * volume.voxel_volume_ml
     what = f"label {value} {label_name!r}" if label_name else "mask"
     click.echo(f"{image} -> {written}: {what}, {int(mask.sum())} voxels ({ml:.1f} ml), {time.perf_counter() - t0:.1f}s")
@@ -992,7 +1061,7 @@ def prompt(
 @main.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @MODEL_OPTION
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@DEVICE_OPTION
 @click.option(
     "--gpu-memory", type=MEMORY, default=None, help="GPU budget: 12GB, 24GB, <N>GB or auto (free now; the default)."
 )
@@ -1039,15 +1108,20 @@ def plan(
     from medseg.inference.estimate import Workload
     from medseg.inference.pipeline import CaseOptions, Segmenter, read_case, start_case
     from medseg.inference.plan_report import describe
+    from medseg.progress import Progress
 
     options = CaseOptions(overlap=overlap, read=read_options, force_modality=force_modality, crop_to_body=crop_to_body)
-    case = read_case(start_case(input_path, None, options))
-    seg = Segmenter(
-        model, device, gpu_memory, host_memory, trust_bundle, tune_allocator=True, model_options=model_options
-    )
-    seg.check(case)
-    volume = seg.work_volume(case)
-    result = seg.plan_case(volume, overlap, strict=False)
+    with Progress() as progress:
+        progress.stage("read")
+        case = read_case(start_case(input_path, None, options))
+        progress.stage("load model")
+        seg = Segmenter(
+            model, device, gpu_memory, host_memory, trust_bundle, tune_allocator=True, model_options=model_options
+        )
+        seg.check(case)
+        volume = seg.work_volume(case)
+        progress.stage("plan")
+        result = seg.plan_case(volume, overlap, strict=False, progress=progress)
     name = seg.model.name
     if as_json:
         doc = {"input": str(input_path), "model": name, "fits": result.fits, **result.plan.to_dict()}

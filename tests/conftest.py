@@ -64,6 +64,18 @@ def shared_data() -> Path:
     return found
 
 
+def _cpu_bf16_problem() -> str | None:
+    from medseg.devices import cpu_bf16_problem
+
+    return cpu_bf16_problem()
+
+
+#: tests that run bfloat16 convolutions on the CPU: they skip, with the reason, on CPUs without them (AVX2 only)
+requires_cpu_bf16 = pytest.mark.skipif(
+    _cpu_bf16_problem() is not None, reason=f"bf16 on the CPU: {_cpu_bf16_problem()}"
+)
+
+
 @pytest.fixture(scope="session")
 def phantom_pair():
     from medseg.phantom import make_phantom

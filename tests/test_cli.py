@@ -104,16 +104,6 @@ def test_usage_error_is_exit_2():
     assert _run("infer").exit_code == 2
 
 
-def test_cuda_requested_without_gpu(tmp_path):
-    import torch
-
-    if torch.cuda.is_available():
-        pytest.skip("a GPU is present")
-    scan = save_nifti(tmp_path / "scan.nii.gz", np.zeros((10, 10, 10), np.int16), np.eye(4))
-    result = _run("infer", scan, "--device", "cuda:0", "--model", write_tiny_model(tmp_path / "m"))
-    assert result.exit_code == 1 and "no CUDA GPU" in result.stderr
-
-
 def test_infer_summary_and_outputs(tmp_path):
     model = write_tiny_model(tmp_path / "model")
     scan = save_nifti(tmp_path / "scan.nii.gz", np.zeros((20, 18, 16), np.int16), np.diag([2, 2, 3, 1.0]))

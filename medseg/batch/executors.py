@@ -24,9 +24,9 @@ import torch
 
 from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask
 from medseg.batch.process_streams import ProcessStreamsExecutor
-from medseg.errors import MedsegError
+from medseg.devices import resolve_device
+from medseg.errors import MedsegError, install_extra
 from medseg.forkserver import surely_cpu
-from medseg.inference.plan import resolve_device
 
 StageCallback = Callable[[str, str], None]
 
@@ -198,7 +198,7 @@ def make_executor(
     try:
         from medseg.batch.dask_backend import DaskExecutor
     except ImportError:
-        raise MedsegError(f"--scheduler {scheduler} needs dask.distributed: pip install 'medseg[dask]'") from None
+        raise MedsegError(f"--scheduler {scheduler} needs dask.distributed: {install_extra('dask')}") from None
     if kind == "local-cluster":
         return DaskExecutor(settings, n_workers=int(arg), on_stage=on_stage)
     return DaskExecutor(settings, address=str(arg), on_stage=on_stage)

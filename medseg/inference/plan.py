@@ -9,10 +9,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass, field
 
-import torch
-
-from medseg.errors import MedsegError
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -57,24 +53,3 @@ class Plan:
 
     def replace(self, **changes) -> Plan:
         return dataclasses.replace(self, **changes)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; validates explicit CUDA requests."""
-    device = (device or "auto").lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MedsegError(f"--device {device} requested but no CUDA GPU is available (use --device cpu)")
-        if ":" in device:
-            try:
-                index = int(device.split(":", 1)[1])
-            except ValueError:
-                raise MedsegError(f"bad device {device!r} (expected cuda:N)") from None
-            if index >= torch.cuda.device_count():
-                raise MedsegError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present")
-        return device
-    raise MedsegError(f"unknown device {device!r} (expected auto, cpu, cuda or cuda:N)")

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from medseg.devices import resolve_device
 from medseg.errors import ModelError
 from medseg.inference.invert import SourceGridFinaliser
-from medseg.inference.plan import resolve_device
 from medseg.inference.preprocess import GridRecord, plan_grid, preprocess_image
 from medseg.inference.speed import fold_batchnorm, tune_windows
 from medseg.inference.tracing import NetworkMemory

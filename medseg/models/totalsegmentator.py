@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ModelError
+from medseg.devices import resolve_device
+from medseg.errors import ModelError, install_extra
 from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
 from medseg.volume import Volume
 
@@ -57,8 +58,8 @@ def require_totalsegmentator():
         from totalsegmentator import map_tasks_config, map_to_binary
     except ImportError as err:
         raise ModelError(
-            'TotalSegmentator weights need its task tables: pip install torch==2.13.0 -e ".[totalsegmentator]" '
-            f"(pin your torch build in the same command; missing: {err.name})",
+            f"TotalSegmentator weights need its task tables ({err.name} is missing): "
+            f"{install_extra('totalsegmentator')}",
             "totalsegmentator",
         ) from err
     return map_tasks_config, map_to_binary
@@ -267,11 +268,11 @@ class TotalSegmentatorModel(Model):
                 self.labels[int(value)] = Label(name, _color(int(value)), codes.get(name))
         self.accepts = Accepts("MR" if self.task.endswith("_mr") else "CT", 1, "")
         self.windows = None
-        self.device = device
+        self.device = resolve_device(device)
         self.trust_checkpoint = trust_checkpoint
         from medseg.models.nnunet.model import check_precision
 
-        self.precision = check_precision(precision, self.name)
+        self.precision = check_precision(precision, self.name, self.device)
         self.version = ""
         self.description = (
             f"TotalSegmentator task {self.task} ({self.mode}), datasets {', '.join(map(str, self._ids_to_run()))} "

@@ -12,9 +12,9 @@ from pathlib import Path
 from napari.layers import Image, Labels
 from qtpy import QtCore, QtWidgets
 
+from medseg.devices import available_devices
 from medseg.errors import MedsegError
 from medseg.viewer.actions import (
-    DEVICES,
     SegmentationCancelled,
     WidgetProgress,
     apply_window,
@@ -73,7 +73,7 @@ class MedsegWidget(QtWidgets.QWidget):
         row.addWidget(browse)
         form.addRow("Model", row)
         self.device_combo = QtWidgets.QComboBox()
-        self.device_combo.addItems(list(DEVICES))
+        self.device_combo.addItems(list(available_devices()))  # a GPU only where one is usable
         form.addRow("Device", self.device_combo)
 
         buttons = QtWidgets.QHBoxLayout()

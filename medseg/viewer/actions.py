@@ -26,8 +26,6 @@ from medseg.viewer.layers import (
 )
 from medseg.volume import Volume
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 class SegmentationCancelled(MedsegError):
     """The user pressed Cancel."""
@@ -72,8 +70,10 @@ _SEGMENTERS_LOCK = threading.Lock()
 
 def get_segmenter(model: str | Path | None, device: str = "auto"):
     """A :class:`~medseg.inference.pipeline.Segmenter`, loaded once per (model, device) and reused."""
+    from medseg.devices import resolve_device
     from medseg.inference.pipeline import Segmenter
 
+    resolve_device(device)  # a CUDA device this machine lacks: one line in the panel, before any loading
     key = (str(model or ""), device)
     with _SEGMENTERS_LOCK:
         if key not in _SEGMENTERS:

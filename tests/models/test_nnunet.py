@@ -21,7 +21,7 @@ from medseg.errors import ModelError
 from medseg.inference.pipeline import infer_file
 from medseg.models.nnunet import NnUNetModel, parse_folds, resolve_folder
 from medseg.models.nnunet.folder import load_checkpoint
-from tests.conftest import cropped_phantom
+from tests.conftest import cropped_phantom, requires_cpu_bf16
 
 pytest.importorskip("nnunetv2")
 
@@ -240,7 +240,8 @@ def test_missing_extra_is_one_line(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", fake)
-    with pytest.raises(ModelError, match=r'nnunet extra: pip install torch==2.13.0 -e "\.\[nnunet\]"'):
+    expected = r"nnunet extra \(nnunetv2 is missing\): pip install torch==.* -e \"\.\[nnunet\]\""
+    with pytest.raises(ModelError, match=expected):
         require_nnunet()
 
 
@@ -320,6 +321,7 @@ def test_streamed_export_equals_nnunets_export(model_shape):
         assert dice(ours == k, theirs == k) > 0.999
 
 
+@requires_cpu_bf16
 def test_bf16_precision_on_the_cpu_keeps_the_labels_and_is_recorded(tmp_path):
     """``--precision bf16``: bfloat16 autocast on the CPU (logits summed in float32 as always). It is not
     the reference's arithmetic: voxels near a tie between two labels change (measured here: 99.8 % of
@@ -338,5 +340,15 @@ def test_bf16_precision_on_the_cpu_keeps_the_labels_and_is_recorded(tmp_path):
     for k in set(np.unique(a).tolist()) - {0}:
         if np.sum(a == k) >= 1000:
             assert dice(a == k, b == k) > 0.99, k
+
+
+def test_precision_is_checked_where_the_model_opens(monkeypatch):
     with pytest.raises(ModelError, match="precision must be one of fp32, bf16"):
         NnUNetModel(CONFIG, "cpu", precision="fp16")
+    # a CPU without bfloat16 convolutions (AVX2 only): refused by name, before any weights load
+    monkeypatch.setattr(
+        "medseg.devices.cpu_bf16_problem", lambda: "this CPU (AVX2) has no bfloat16 convolution support"
+    )
+    with pytest.raises(ModelError, match=r"--precision bf16: this CPU \(AVX2\) has no bfloat16 .*use --precision fp32"):
+        NnUNetModel(CONFIG, "cpu", precision="bf16")
+    assert NnUNetModel(CONFIG, "cpu", precision="fp32").precision == "fp32"

@@ -12,6 +12,7 @@ pytest.importorskip("dynamic_network_architectures")
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet  # noqa: E402
 
 from medseg.models.nnunet.cpu_layout import channels_last_network  # noqa: E402
+from tests.conftest import requires_cpu_bf16  # noqa: E402
 
 NORM = {"eps": 1e-5, "affine": True}
 ACT = {"inplace": True}
@@ -113,6 +114,7 @@ def test_other_layers_keep_their_own_forward():
         assert "forward" not in vars(module)
 
 
+@requires_cpu_bf16
 def test_bf16_autocast_reaches_the_convolutions():
     """Autocast does not see torch.mkldnn_convolution: the layer casts as autocast would (a regression:
     ``--precision bf16`` once ran these convolutions in float32)."""

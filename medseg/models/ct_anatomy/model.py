@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medseg.devices import resolve_device
 from medseg.errors import ModelError
 from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
 from medseg.models.ct_anatomy import labels as L
@@ -58,7 +59,8 @@ class CtAnatomyModel(Model):
         self.labels = dict(LABELS)
         self.accepts = Accepts("CT", 1, "HU (thresholds in Hounsfield units)")
         self.windows = None
-        self.device = "cpu" if device in ("auto", "", None) else device  # numpy/scipy: runs on the host
+        # numpy/scipy: runs on the host whatever the device; a GPU asked for must still exist
+        self.device = "cpu" if device in ("auto", "", None) else resolve_device(device)
 
     def model_grid(self, volume: Volume):
         raise ModelError("has no model space; it runs on the scan's own grid", self.name)

@@ -47,7 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import ModelError
+from medseg import devices
+from medseg.devices import resolve_device
+from medseg.errors import MedsegError, ModelError, install_extra
 from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
 from medseg.models.nnunet.cpu_layout import channels_last_network
 from medseg.models.nnunet.folder import (
@@ -75,8 +77,7 @@ def require_nnunet():
         import nnunetv2  # noqa: F401
     except ImportError as err:
         raise ModelError(
-            'nnU-Net v2 models need the nnunet extra: pip install torch==2.13.0 -e ".[nnunet]" '
-            f"(pin your torch build in the same command; missing: {err.name})",
+            f"nnU-Net v2 models need the nnunet extra ({err.name} is missing): {install_extra('nnunet')}",
             "nnunetv2",
         ) from err
     import nnunetv2
@@ -156,7 +157,8 @@ class NnUNetModel(Model):
         self.folds = wanted
         self.tta = bool(tta)
         self.step_size = float(step_size)
-        self.precision = check_precision(precision, self.folder)
+        self.device = resolve_device(device)
+        self.precision = check_precision(precision, self.folder, self.device)
         self.trust_checkpoint = trust_checkpoint
         self.name = name or f"{self.folder.parent.name}/{self.folder.name}"
         self.version = ""  # nnU-Net folders carry no version; the sidecar records each checkpoint's sha256
@@ -171,7 +173,6 @@ class NnUNetModel(Model):
         ct = bool(schemes) and all(s == "CTNormalization" for s in schemes)
         self.accepts = Accepts("CT" if ct else "any", max(1, channels), "HU (nnU-Net CT normalisation)" if ct else "")
         self.windows = None  # nnU-Net's own tiling runs inside run_algorithm
-        self.device = _resolve_device(device)
         self.checkpoints: list[dict[str, Any]] = []
         #: logits in first-axis bands (True), the full buffer (False), or by the host budget (None)
         self.stream_slabs = stream_slabs
@@ -1057,10 +1058,16 @@ VIEW_THREAD_BYTES = 27 << 20
 PRECISIONS = ("fp32", "bf16")
 
 
-def check_precision(precision: str | None, where) -> str:
+def check_precision(precision: str | None, where, device: str = "cpu") -> str:
+    """``precision`` checked: one of :data:`PRECISIONS`, and runnable on ``device`` (bf16 on a CPU needs
+    bfloat16 convolutions: :func:`medseg.devices.check_precision`)."""
     precision = (precision or "fp32").lower()
     if precision not in PRECISIONS:
         raise ModelError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}", where)
+    try:
+        devices.check_precision(precision, device)
+    except MedsegError as err:
+        raise ModelError(err.problem, where) from None
     return precision
 
 
@@ -1072,14 +1079,6 @@ def _in_channels(network) -> int:
         if isinstance(module, (torch.nn.Conv3d, torch.nn.Conv2d)):
             return int(module.in_channels)
     raise ModelError("the network has no convolution to read its input channels from", type(network).__name__)
-
-
-def _resolve_device(device: str | None) -> str:
-    if device in (None, "", "auto"):
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
 
 
 def _combined_digest(digests: list[str]) -> str:
