@@ -27,6 +27,23 @@ class ModelError(MedsegError):
     """The model spec or its weights cannot be used."""
 
 
+def install_extra(extra: str) -> str:
+    """The command that installs one of medseg's extras (pyproject's optional dependencies) into the environment
+    medseg runs from; medseg is installed from its checkout, not a package index, so it runs there. torch is pinned
+    in the same command: the nnunet and totalsegmentator extras pull torchvision, which would swap the torch
+    build."""
+    return f'pip install torch=={_torch_pin()} -e ".[{extra}]" (in the medseg checkout)'
+
+
+def _torch_pin() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch").split("+")[0]
+    except PackageNotFoundError:
+        return "2.13.0"
+
+
 def describe_error(err: BaseException) -> str:
     """The one line a user is shown for ``err``: the CLI prints it, a batch records it for its case.
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from medseg import __version__
-from medseg.errors import InputError, MedsegError
+from medseg.errors import InputError, MedsegError, install_extra
 from medseg.io.atomic import atomic_path
 from medseg.volume import LPS_TO_RAS, Volume
 
@@ -56,7 +56,7 @@ def require_highdicom():
     try:
         import highdicom
     except ImportError:
-        raise MedsegError("DICOM SEG needs highdicom: pip install 'medseg[dicom-seg]'") from None
+        raise MedsegError(f"DICOM SEG needs highdicom: {install_extra('dicom-seg')}") from None
     return highdicom
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, install_extra
 
 if TYPE_CHECKING:
     from medseg.io import ReadOptions
@@ -29,7 +29,9 @@ def require_napari():
     try:
         import napari
     except ImportError as err:
-        raise MedsegError(f"napari is not installed ({err}); install it with: pip install 'medseg[viewer]'") from None
+        raise MedsegError(
+            f"napari is not installed ({err.name}); install the viewer extra: {install_extra('viewer')}"
+        ) from None
     return napari
 
 
