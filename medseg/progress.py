@@ -40,15 +40,17 @@ class Progress:
             self._progress.__exit__(*exc)
 
     def stage(self, name: str) -> None:
+        """Start stage ``name``: a pulsing bar with the time elapsed until its first :meth:`update`
+        (reading a DICOM folder, loading a model, timing windows say that they run, not how far)."""
         if self._progress is None:
             return
         if self._task is not None:
-            self._progress.update(self._task, completed=100)
-        self._task = self._progress.add_task(name, total=100)
+            self._progress.update(self._task, total=100, completed=100)
+        self._task = self._progress.add_task(name, total=None)
 
     def update(self, fraction: float) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, completed=100 * max(0.0, min(1.0, fraction)))
+            self._progress.update(self._task, total=100, completed=100 * max(0.0, min(1.0, fraction)))
 
 
 NULL_PROGRESS = Progress(enabled=False)

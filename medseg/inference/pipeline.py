@@ -194,10 +194,10 @@ class Segmenter:
             warnings.warn(case.modality["warning"], ModalityWarning, stacklevel=2)
         return case
 
-    def plan(self, case: Case) -> Case:
+    def plan(self, case: Case, progress: Progress = NULL_PROGRESS) -> Case:
         """The memory plan (for the body's box with ``crop_to_body``)."""
         t = time.perf_counter()
-        case.plan = self.plan_case(self.work_volume(case), case.options.overlap).plan
+        case.plan = self.plan_case(self.work_volume(case), case.options.overlap, progress=progress).plan
         case.timings["plan"] = time.perf_counter() - t
         return case
 
@@ -277,7 +277,7 @@ class Segmenter:
         """The model's stages of a case that has been read: check, plan, segment, write."""
         self.check(case)
         progress.stage("plan")
-        self.plan(case)
+        self.plan(case, progress)
         self.segment_case(case, progress)
         progress.stage("write")
         return self.write(case)
@@ -295,7 +295,9 @@ class Segmenter:
         return self.process(read_case(case), progress)
 
     # --- planning ------------------------------------------------------------------------------
-    def plan_case(self, volume: Volume, overlap: float | None = None, strict: bool = True) -> PlanResult:
+    def plan_case(
+        self, volume: Volume, overlap: float | None = None, strict: bool = True, progress: Progress = NULL_PROGRESS
+    ) -> PlanResult:
         """The plan ``segment`` runs for ``volume``: the memory planner's choice under this
         segmenter's budgets, then the window batch and memory layout timed on this CPU.
 
@@ -330,6 +332,7 @@ class Segmenter:
         plan = result.plan
         if model.has_network and plan.device == "cpu" and model.spatial_dims == 3 and plan.host_allocator == "fast":
             # smaller batches than planned use less memory, so every candidate fits the budget
+            progress.stage("time windows")  # the first run on this CPU times each batch (cached after)
             batch, channels_last = model.tune_windows(plan.roi_size, plan.sw_batch_size)
             result.plan = plan.replace(sw_batch_size=batch, channels_last=channels_last)
         return result
