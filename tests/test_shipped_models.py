@@ -26,13 +26,11 @@ def _mean_dice(model: str, seeds) -> tuple[float, dict]:
     return float(np.mean(list(means.values()))), means
 
 
-@pytest.mark.slow
 def test_3d_model_dice_on_fresh_phantoms():
     mean, per_label = _mean_dice("phantom-unet3d", FRESH_SEEDS)
     assert mean >= 0.85, per_label
 
 
-@pytest.mark.slow
 def test_2d_model_dice_on_fresh_phantoms():
     mean, per_label = _mean_dice("phantom-unet2d", FRESH_SEEDS[:2])
     assert mean >= 0.80, per_label

@@ -29,9 +29,8 @@ def require_napari():
     try:
         import napari
     except ImportError as err:
-        raise MedsegError(
-            f"napari is not installed ({err.name}); install the viewer extra: {install_extra('viewer')}"
-        ) from None
+        what = "napari is not installed" if err.name == "napari" else f"napari cannot be imported ({err})"
+        raise MedsegError(f"{what}; install the viewer extra: {install_extra('viewer')}") from None
     return napari
 
 

@@ -44,7 +44,6 @@ def test_more_than_one_worker_on_a_cpu_are_processes(batch_model, monkeypatch):
     assert isinstance(make_executor("local", settings), LocalPipelineExecutor)  # one core: one process
 
 
-@pytest.mark.slow
 def test_each_worker_plans_within_its_share_of_host_memory(cohort_factory, batch_model, tmp_path):
     cohort = cohort_factory(2)
     settings = CaseSettings(model=str(batch_model), device="cpu")
@@ -57,7 +56,6 @@ def test_each_worker_plans_within_its_share_of_host_memory(cohort_factory, batch
     assert ProcessStreamsExecutor(settings, workers=2).host_share > 0  # default: half of what is free
 
 
-@pytest.mark.slow
 def test_two_worker_processes_write_the_same_outputs_as_one_process(cohort_factory, batch_model, tmp_path):
     cohort = cohort_factory(5, corrupt=("broken",))
     settings = CaseSettings(model=str(batch_model), device="cpu", stats=True)

@@ -36,7 +36,6 @@ def _records(out):
         return {r.case_id: r for r in ledger.records()}
 
 
-@pytest.mark.slow
 def test_batch_writes_what_infer_writes_plus_the_cohort_table(cohort_factory, tmp_path, processor, monkeypatch):
     from medseg.batch import case as batch_case
     from medseg.inference import outputs

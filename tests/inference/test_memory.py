@@ -112,7 +112,6 @@ def test_trace_matches_the_torch_profiler(case):
     assert predicted == pytest.approx(measured, rel=0.01)
 
 
-@pytest.mark.slow
 def test_swinunetr_builds_from_a_spec_and_traces(tmp_path, monkeypatch):
     """SwinUNETR (BTCV bundle layout, kwargs passed through, no ``img_size`` in MONAI >= 1.5): the
     trace agrees with the torch profiler (window attention, patch merging, layer norms)."""
@@ -188,7 +187,6 @@ def test_bigger_gpu_budget_never_predicts_a_slower_plan(wholebody):
     assert costs == sorted(costs, reverse=True)
 
 
-@pytest.mark.slow
 def test_when_nothing_fits_the_planner_says_what_would(wholebody):
     spec, net, work = wholebody
     result = plan_memory(
@@ -239,7 +237,6 @@ def test_plan_cli_json_and_table(tmp_path):
     assert res.exit_code == 2 and "cannot read memory size" in res.output and "--host-memory" in res.output  # usage
 
 
-@pytest.mark.slow
 def test_infer_follows_the_plan_under_a_host_budget(tmp_path):
     """A budget below the full buffer's prediction makes infer stream; labels equal the unconstrained run's."""
     import nibabel as nib

@@ -179,7 +179,6 @@ def test_clear_errors(env_home, spec, options, match):
         open_model(spec, options=options)
 
 
-@pytest.mark.slow
 def test_split_masks_on_the_cli(env_home, tmp_path):
     scan = _scan(tmp_path / "scan.nii.gz", 11, (3.0, 3.0, 3.0))
     out = tmp_path / "scan_seg.nii.gz"

@@ -159,7 +159,6 @@ def _write_case(folder: Path, case: str, seed: int, spacing=_SPACING) -> None:
     (folder / "labels" / f"{case}.json").write_text(json.dumps(sidecar))
 
 
-@pytest.mark.slow
 def test_finetune_shipped_model_on_a_split_structure(tmp_path):
     data, held = tmp_path / "corrected", tmp_path / "held"
     for i in range(4):

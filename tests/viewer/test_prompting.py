@@ -91,7 +91,6 @@ def test_accept_paints_a_named_label(kidney_layer):
     assert label_value(labels.features, "spleen") == value + 1
 
 
-@pytest.mark.slow  # a napari window on Xvfb
 def test_widget_prompt_mode_previews_and_accepts(viewer, tmp_path):
     from medseg.viewer._widget import MedsegWidget
     from medseg.viewer.launch import open_viewer

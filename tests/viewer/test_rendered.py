@@ -10,8 +10,6 @@ import pytest
 
 from tests.viewer.conftest import phantom_files, world_to_source_index
 
-pytestmark = pytest.mark.slow  # a napari window on Xvfb per test
-
 LIVER = 3
 LIVER_RGB = np.array([220, 90, 50])
 
