@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from medseg import __version__
-from medseg.errors import MedsegError, describe_error
+from medseg.errors import MedsegError, OptionError, describe_error
 
 
 def _fail(message: str) -> None:
@@ -132,6 +132,10 @@ def handle_errors(fn):
             _fail("interrupted")
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
+        except OptionError as err:  # an option the chosen model does not take: a usage error, as click's
+            if debug:
+                raise
+            raise click.UsageError(str(err)) from None
         except Exception as err:  # noqa: BLE001 - never a bare traceback for users
             if debug:
                 raise

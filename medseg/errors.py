@@ -27,6 +27,11 @@ class ModelError(MedsegError):
     """The model spec or its weights cannot be used."""
 
 
+class OptionError(ModelError):
+    """An option the chosen model does not take (e.g. ``--folds`` on a MONAI model): a usage error, so the CLI
+    exits 2 as for any other bad option, in one line naming the option."""
+
+
 def install_extra(extra: str) -> str:
     """The command that installs one of medseg's extras (pyproject's optional dependencies) into the environment
     medseg runs from; medseg is installed from its checkout, not a package index, so it runs there. torch is pinned

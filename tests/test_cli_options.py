@@ -4,6 +4,8 @@ option named, nothing run); a value in range parses to itself. Property-based (h
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import click
 import pytest
@@ -12,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from medseg.cli import batch, infer, main, phantom, plan, train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=64)
 INTS = st.integers(min_value=-(10**6), max_value=10**6)
@@ -99,3 +103,44 @@ def test_usage_errors_exit_2_at_once_naming_the_option(args, option, tmp_path):
     assert result.exit_code == 2, result.output
     assert option in result.output
     assert "Traceback" not in result.output
+
+
+# -- options a model's family does not take: refused by name, exit 2, before anything is written -------------------
+@pytest.mark.parametrize(
+    "model, args, message",
+    [
+        ("phantom-unet3d", ["--folds", "0"], "--folds is for nnU-Net v2 folders; phantom-unet3d (monai-spec)"),
+        ("phantom-unet3d", ["--no-tta"], "--tta/--no-tta is for nnU-Net v2 folders"),
+        ("ct-anatomy", ["--step-size", "0.5"], "--step-size is for nnU-Net v2 folders; ct-anatomy (classical)"),
+        ("phantom-unet2d", ["--roi-subset", "liver"], "--roi-subset is for TotalSegmentator tasks"),
+        ("nnunet-phantom", ["--roi-subset", "liver"], "--roi-subset is for TotalSegmentator tasks"),
+        ("phantom-unet3d", ["--precision", "fp32"], "--precision is for nnU-Net v2 folders and TotalSegmentator"),
+        ("phantom-unet3d", ["--trust-checkpoint"], "--trust-checkpoint is for nnU-Net v2 folders"),
+        ("nnunet-phantom", ["--overlap", "0.25"], "tiles by --step-size (overlap = 1 - step: --step-size 0.75"),
+        ("ct-anatomy", ["--overlap", "0.5"], "ct-anatomy (classical) takes no --overlap"),
+    ],
+)
+@pytest.mark.parametrize("command", ["infer", "plan", "batch"])
+def test_an_option_the_family_does_not_take_is_refused_by_name(model, args, message, command, tmp_path):
+    scans = tmp_path / "in"
+    scans.mkdir()
+    shutil.copy(ROOT / "sample_data" / "phantom_ct.nii.gz", scans / "phantom_ct.nii.gz")
+    where = {"infer": [str(scans / "phantom_ct.nii.gz"), "-o", str(tmp_path / "out" / "x.nii.gz")]}
+    where["plan"] = [str(scans / "phantom_ct.nii.gz")]
+    where["batch"] = [str(scans), "-o", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, [command, *where[command], "--model", model, *args])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.nii.gz"))
+
+
+def test_the_library_refuses_the_same_options_where_the_model_opens():
+    from medseg.errors import OptionError
+    from medseg.models.registry import open_model
+
+    with pytest.raises(OptionError, match="--folds is for nnU-Net v2 folders"):
+        open_model("phantom-unet3d", options={"roi_subset": None, "folds": [0]})
+    with pytest.raises(OptionError, match="--roi-subset is for TotalSegmentator"):
+        open_model("ct-anatomy", options={"roi_subset": ["liver"]})
+    assert open_model("phantom-unet3d", options={"folds": None, "tta": None, "trust_checkpoint": False}).name

@@ -39,7 +39,7 @@ from medseg.batch.ledger import CaseRecord, CohortLedger
 from medseg.errors import MedsegError
 from medseg.inference.outputs import labels_name, output_paths
 from medseg.io.atomic import TMP_MARKER, sha256_of, write_text_atomic
-from medseg.models.registry import open_model
+from medseg.models.registry import check_model_options, open_model
 
 LEDGER_STEM = "medseg_batch"
 STATISTICS_CSV = "statistics.csv"
@@ -66,6 +66,7 @@ def labels_path_for(out_dir: Path, case_id: str) -> Path:
 def settings_key(settings: CaseSettings) -> str:
     """What makes two runs' outputs interchangeable: the model (its weights' sha256) and the options."""
     model = open_model(settings.model, options=settings.model_options or None)
+    check_model_options(model, overlap=settings.overlap)
     key = {
         "model": model.name,
         "version": model.version,

@@ -46,7 +46,7 @@ from medseg.inference.plan import Plan
 from medseg.inference.planner import PlanResult, plan_memory, plan_without_network
 from medseg.io import ReadOptions, read_volume
 from medseg.models.base import AlgorithmOutput, Model
-from medseg.models.registry import open_model
+from medseg.models.registry import check_model_options, open_model
 from medseg.progress import NULL_PROGRESS, Progress
 from medseg.volume import Volume
 
@@ -306,6 +306,7 @@ class Segmenter:
         smallest plan is run with a warning.
         """
         model = self.model
+        check_model_options(model, overlap=overlap)
         framework = self._framework_host(volume)
         if not model.has_network:
             if hasattr(model, "set_host_budget"):  # a model that streams its own buffers (nnU-Net's logits)

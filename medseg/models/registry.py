@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medseg.errors import ModelError
+from medseg.errors import ModelError, OptionError
 from medseg.models.base import Model
 from medseg.models.bundle import is_bundle
 from medseg.models.ct_anatomy.model import CtAnatomyModel
@@ -84,6 +84,62 @@ def model_names() -> list[str]:
     return names + [n for n in nnunet_models() if n not in names] + available_tasks()
 
 
+#: the command-line flag of each of ``open_model``'s ``options``
+OPTION_FLAGS = {
+    "folds": "--folds",
+    "tta": "--tta/--no-tta",
+    "step_size": "--step-size",
+    "roi_subset": "--roi-subset",
+    "trust_checkpoint": "--trust-checkpoint",
+    "precision": "--precision",
+}
+#: the options each family takes; a family without windows of MONAI's takes no ``--overlap``
+FAMILY_OPTIONS: dict[str, frozenset[str]] = {
+    "nnunet-v2": frozenset({"folds", "tta", "step_size", "trust_checkpoint", "precision"}),
+    "totalsegmentator": frozenset({"roi_subset", "trust_checkpoint", "precision"}),
+    "monai-spec": frozenset(),
+    "monai-bundle": frozenset(),
+    "classical": frozenset(),
+}
+_FOR = {
+    "folds": "nnU-Net v2 folders",
+    "tta": "nnU-Net v2 folders",
+    "step_size": "nnU-Net v2 folders",
+    "roi_subset": "TotalSegmentator tasks (--model totalsegmentator:TASK)",
+    "trust_checkpoint": "nnU-Net v2 folders and TotalSegmentator tasks (MONAI checkpoints always load tensors only)",
+    "precision": "nnU-Net v2 folders and TotalSegmentator tasks (a ModelSpec's precision is in its inference section)",
+}
+
+
+def given_options(options: dict | None) -> dict:
+    """The options actually given: the CLI passes every option, unset ones as None (the flag
+    ``trust_checkpoint`` as False; ``tta=False`` is ``--no-tta``, given)."""
+    unset = {"trust_checkpoint": False}
+    return {k: v for k, v in (options or {}).items() if v is not None and v != [] and unset.get(k, None) is not v}
+
+
+def check_model_options(model: Model, options: dict | None = None, overlap: float | None = None) -> None:
+    """Refuse, by name, an option ``model``'s family does not take (:class:`~medseg.errors.OptionError`).
+
+    ``overlap`` is MONAI's sliding-window overlap: an nnU-Net folder or TotalSegmentator task tiles by its step
+    size (overlap = 1 - step), and a classical model has no windows.
+    """
+    takes = FAMILY_OPTIONS.get(model.family, frozenset(OPTION_FLAGS))
+    for key in given_options(options):
+        if key not in takes:
+            flag = OPTION_FLAGS.get(key, key)
+            raise OptionError(
+                f"{flag} is for {_FOR.get(key, 'other models')}; {model.name} ({model.family}) takes no {flag}"
+            )
+    if overlap is not None and model.family not in ("monai-spec", "monai-bundle"):
+        if model.family == "nnunet-v2":
+            raise OptionError(
+                f"--overlap is MONAI's window overlap; {model.name} (nnU-Net v2) tiles by --step-size "
+                f"(overlap = 1 - step: --step-size {1 - overlap:g} for --overlap {overlap:g})"
+            )
+        raise OptionError(f"--overlap is MONAI's window overlap; {model.name} ({model.family}) takes no --overlap")
+
+
 def open_model(
     model: str | Path | ModelSpec | Model | None = None,
     device: str = "cpu",
@@ -97,7 +153,14 @@ def open_model(
     TotalSegmentator task (``totalsegmentator:TASK``; ``roi_subset``, ``trust_checkpoint``).
     """
     if isinstance(model, Model):
+        check_model_options(model, options)
         return model
+    opened = _open_model(model, device, trust_bundle, options)
+    check_model_options(opened, options)
+    return opened
+
+
+def _open_model(model, device: str, trust_bundle: bool, options: dict | None) -> Model:
     if isinstance(model, ModelSpec):
         return MonaiModel(model, device)
     name = str(model or DEFAULT_MODEL)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from medseg.devices import resolve_device
-from medseg.errors import ModelError, install_extra
+from medseg.errors import ModelError, OptionError, install_extra
 from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
 from medseg.volume import Volume
 
@@ -215,7 +215,7 @@ class TotalSegmentatorModel(Model):
         self.task, self.mode = parse_task(spec)
         self.name = PREFIX + self.task + ("" if self.mode == "default" else f"-{self.mode}")
         if folds or tta or step_size is not None:
-            raise ModelError(
+            raise OptionError(
                 "TotalSegmentator tasks run as TotalSegmentator runs them (fold 0, no TTA, its tile step); "
                 "--folds, --tta and --step-size are for nnU-Net folders",
                 self.name,

@@ -49,7 +49,7 @@ import numpy as np
 
 from medseg import devices
 from medseg.devices import resolve_device
-from medseg.errors import MedsegError, ModelError, install_extra
+from medseg.errors import MedsegError, ModelError, OptionError, install_extra
 from medseg.models.base import Accepts, AlgorithmOutput, Label, Model
 from medseg.models.nnunet.cpu_layout import channels_last_network
 from medseg.models.nnunet.folder import (
@@ -123,7 +123,7 @@ class NnUNetModel(Model):
     ) -> None:
         super().__init__()
         if roi_subset:
-            raise ModelError("--roi-subset is for TotalSegmentator tasks (--model totalsegmentator:TASK)", path)
+            raise OptionError("--roi-subset is for TotalSegmentator tasks (--model totalsegmentator:TASK)", path)
         tta = True if tta is None else tta  # nnU-Net's predictor defaults
         step_size = 0.5 if step_size is None else step_size
         self.folder = resolve_folder(path)
