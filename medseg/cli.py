@@ -116,6 +116,45 @@ MODEL_OPTION = click.option(
 )
 
 
+#: the run options infer, plan and batch share, declared once
+STATS_OPTION = click.option(
+    "--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json)."
+)
+PREVIEW_OPTION = click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
+OVERLAP_OPTION = click.option(
+    "--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's)."
+)
+FORMAT_OPTION = click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["nifti", "dicom-seg", "nifti+dicom-seg"]),
+    default="nifti",
+    show_default=True,
+    help="Label NIfTI, a DICOM SEG referencing the source series (DICOM input), or both.",
+)
+SPLIT_MASKS_OPTION = click.option(
+    "--split-masks", is_flag=True, help="Also write one mask per structure (<stem>_seg_masks/<name>.nii.gz)."
+)
+GPU_MEMORY_OPTION = click.option(
+    "--gpu-memory",
+    type=MEMORY,
+    default=None,
+    help="GPU memory budget for the planner: 12GB, 24GB, <N>GB or auto (free memory now; the default).",
+)
+HOST_MEMORY_OPTION = click.option(
+    "--host-memory", type=MEMORY, default=None, help="Host RAM budget, e.g. 6GB (default: available RAM)."
+)
+TRUST_BUNDLE_OPTION = click.option(
+    "--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code)."
+)
+FORCE_MODALITY_OPTION = click.option(
+    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
+)
+CROP_TO_BODY_OPTION = click.option(
+    "--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background."
+)
+
+
 def handle_errors(fn):
     """Turn errors into one line (:func:`medseg.errors.describe_error`) and exit code 1 unless --debug."""
 
@@ -285,31 +324,17 @@ def main(debug: bool) -> None:
 )
 @MODEL_OPTION
 @DEVICE_OPTION
-@click.option("--stats", is_flag=True, help="Also write per-label statistics (<stem>_seg_stats.csv/.json).")
-@click.option("--preview", is_flag=True, help="Also write a PNG montage (<stem>_seg_preview.png).")
-@click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
+@STATS_OPTION
+@PREVIEW_OPTION
+@OVERLAP_OPTION
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary line.")
-@click.option(
-    "--format",
-    "output_format",
-    type=click.Choice(["nifti", "dicom-seg", "nifti+dicom-seg"]),
-    default="nifti",
-    show_default=True,
-    help="Label NIfTI, a DICOM SEG referencing the source series (DICOM input), or both.",
-)
-@click.option(
-    "--gpu-memory",
-    type=MEMORY,
-    default=None,
-    help="GPU memory budget for the planner: 12GB, 24GB, <N>GB or auto (free memory now; the default).",
-)
-@click.option("--host-memory", type=MEMORY, default=None, help="Host RAM budget, e.g. 6GB (default: available RAM).")
-@click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
-@click.option(
-    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
-)
-@click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
-@click.option("--split-masks", is_flag=True, help="Also write one mask per structure (<stem>_seg_masks/<name>.nii.gz).")
+@FORMAT_OPTION
+@GPU_MEMORY_OPTION
+@HOST_MEMORY_OPTION
+@TRUST_BUNDLE_OPTION
+@FORCE_MODALITY_OPTION
+@CROP_TO_BODY_OPTION
+@SPLIT_MASKS_OPTION
 @reader_options
 @model_options
 @handle_errors
@@ -484,7 +509,7 @@ def phantom(out_dir, count, seed, orientation, spacing, oblique, layout) -> None
 @click.option("--threads", default=None, type=click.IntRange(min=1), help="torch CPU threads.")
 @click.option("--no-augment", is_flag=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/last.pt.")
-@click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
+@TRUST_BUNDLE_OPTION
 @handle_errors
 def train(
     spec_path,
@@ -598,9 +623,14 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.option("--manifest", type=click.Path(path_type=Path), help="CSV with columns id,path instead of INPUT_DIR.")
 @MODEL_OPTION
 @DEVICE_OPTION
-@click.option("--stats", is_flag=True, help="Also write per-case statistics files (as `medseg infer --stats`).")
-@click.option("--preview", is_flag=True, help="Also write a PNG montage per case.")
-@click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
+@STATS_OPTION
+@PREVIEW_OPTION
+@OVERLAP_OPTION
+@FORMAT_OPTION
+@SPLIT_MASKS_OPTION
+@GPU_MEMORY_OPTION
+@HOST_MEMORY_OPTION
+@TRUST_BUNDLE_OPTION
 @click.option(
     "--workers",
     default="auto",
@@ -620,10 +650,8 @@ def evaluate(pred, gt, model, csv_path, json_path) -> None:
 @click.option("--exclude", multiple=True, help="Skip files matching this glob (repeatable; default *_seg.* *_gt.*).")
 @click.option("--status", "status_dir", type=click.Path(path_type=Path), help="Print the ledger summary of a folder.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display; only the summary.")
-@click.option(
-    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
-)
-@click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
+@FORCE_MODALITY_OPTION
+@CROP_TO_BODY_OPTION
 @reader_options
 @model_options
 @handle_errors
@@ -646,6 +674,11 @@ def batch(
     quiet,
     force_modality,
     crop_to_body,
+    output_format,
+    split_masks,
+    gpu_memory,
+    host_memory,
+    trust_bundle,
     read_options,
     model_options,
 ) -> None:
@@ -709,6 +742,11 @@ def batch(
         force_modality=force_modality,
         crop_to_body=crop_to_body,
         model_options=model_options,
+        output_format=output_format,
+        split_masks=split_masks,
+        gpu_memory=gpu_memory,
+        host_memory=host_memory,
+        trust_bundle=trust_bundle,
     )
     reporter = make_reporter(quiet)
     # made before discovery: local worker processes start importing torch while the cohort is scanned
@@ -1066,17 +1104,13 @@ def prompt(
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @MODEL_OPTION
 @DEVICE_OPTION
-@click.option(
-    "--gpu-memory", type=MEMORY, default=None, help="GPU budget: 12GB, 24GB, <N>GB or auto (free now; the default)."
-)
-@click.option("--host-memory", type=MEMORY, default=None, help="Host RAM budget, e.g. 6GB (default: available RAM).")
-@click.option("--overlap", type=OVERLAP, default=None, help="Sliding-window overlap in [0, 1) (default: the model's).")
+@GPU_MEMORY_OPTION
+@HOST_MEMORY_OPTION
+@OVERLAP_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and predicted peaks as JSON.")
-@click.option("--trust-bundle", is_flag=True, help="Evaluate a MONAI bundle's config (runs its code).")
-@click.option(
-    "--force-modality", is_flag=True, help="Run the model even if the scan does not look like what it accepts."
-)
-@click.option("--crop-to-body", is_flag=True, help="Segment only the body's bounding box (CT); outside is background.")
+@TRUST_BUNDLE_OPTION
+@FORCE_MODALITY_OPTION
+@CROP_TO_BODY_OPTION
 @reader_options
 @model_options
 @handle_errors

@@ -42,8 +42,16 @@ class CaseSettings:
     tune_allocator: bool = False
     force_modality: bool = False
     crop_to_body: bool = False
-    #: for an nnU-Net v2 folder: folds, tta, step_size, trust_checkpoint (``open_model``'s ``options``)
+    #: the family's options (``open_model``'s ``options``: folds, tta, step_size, roi_subset, precision, ...)
     model_options: dict[str, Any] = field(default_factory=dict)
+    #: what is written per case, as ``medseg infer --format`` / ``--split-masks``
+    output_format: str = "nifti"
+    split_masks: bool = False
+    #: the planner's budgets, as ``medseg infer --gpu-memory`` / ``--host-memory`` (a batch's worker processes
+    #: share the host budget equally)
+    gpu_memory: str | int | None = None
+    host_memory: str | int | None = None
+    trust_bundle: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -56,11 +64,12 @@ class CaseSettings:
             self.stats,
             self.preview,
             self.overlap,
-            "nifti",
+            self.output_format,
             self.read,
             statistics=True,
             force_modality=self.force_modality,
             crop_to_body=self.crop_to_body,
+            split_masks=self.split_masks,
         )
 
 
@@ -120,6 +129,9 @@ class CaseProcessor:
         segmenter = Segmenter(
             settings.model,
             settings.device,
+            settings.gpu_memory,
+            settings.host_memory,
+            settings.trust_bundle,
             tune_allocator=settings.tune_allocator,
             model_options=settings.model_options or None,
         )

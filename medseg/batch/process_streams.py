@@ -45,6 +45,7 @@ import torch
 from medseg.batch.case import CaseProcessor, CaseResult, CaseSettings, CaseTask
 from medseg.errors import MedsegError, ModelError, describe_error
 from medseg.forkserver import worker_context
+from medseg.inference.budget import parse_bytes
 from medseg.inference.host_memory import available_host_bytes
 
 #: cases one worker holds at once: the one it runs and the next, so it never waits for the parent
@@ -53,7 +54,11 @@ CASES_PER_WORKER = 2
 STARTUP_TIMEOUT_S = 600.0
 
 
-def _equal_share(workers: int) -> int | None:
+def _equal_share(workers: int, host_memory: str | int | None = None) -> int | None:
+    """Each worker's host budget: the ``--host-memory`` given (else what is free now) split equally; one
+    worker without a budget plans as ``medseg infer`` does."""
+    if host_memory is not None and str(host_memory).strip().lower() != "auto":
+        return parse_bytes(host_memory) // max(1, workers)
     if workers <= 1:
         return None
     return available_host_bytes() // workers
@@ -159,7 +164,7 @@ class ProcessStreamsExecutor:
         self.torch_threads = max(1, (os.cpu_count() or 1) // workers)
         #: each worker plans its cases within an equal share of the host memory free now (one worker: all
         #: of what is free when it plans, as ``medseg infer`` does)
-        self.host_share = host_share if host_share is not None else _equal_share(workers)
+        self.host_share = host_share if host_share is not None else _equal_share(workers, settings.host_memory)
         self.description = f"local, {workers} worker processes ({self.torch_threads} torch thread(s) each)"
         self._ctx = worker_context()
         self._stop = self._ctx.Event()

@@ -26,6 +26,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sys
 import time
 from collections import deque
@@ -63,6 +64,16 @@ def labels_path_for(out_dir: Path, case_id: str) -> Path:
     return out_dir / labels_name(case_id)
 
 
+def case_output_for(out_dir: Path, case_id: str, settings: CaseSettings) -> Path:
+    """The output a case's task names: its label NIfTI, or with ``--format dicom-seg`` its SEG file."""
+    labels = labels_path_for(out_dir, case_id)
+    return (
+        labels.with_name(labels.name.removesuffix(".nii.gz") + ".dcm")
+        if settings.output_format == "dicom-seg"
+        else labels
+    )
+
+
 def settings_key(settings: CaseSettings) -> str:
     """What makes two runs' outputs interchangeable: the model (its weights' sha256) and the options."""
     model = open_model(settings.model, options=settings.model_options or None)
@@ -76,6 +87,8 @@ def settings_key(settings: CaseSettings) -> str:
         "overlap": settings.overlap,
         "read": settings.read.to_dict(),
     }
+    if settings.output_format != "nifti" or settings.split_masks:  # other files per case (older keys stay valid)
+        key["outputs"] = {"format": settings.output_format, "split_masks": settings.split_masks}
     if settings.model_options:
         key["model_options"] = settings.model_options
     return json.dumps(key, sort_keys=True)
@@ -171,7 +184,7 @@ def _input_state(case: Case, rec: CaseRecord, ledger: CohortLedger) -> str:
 
 def _outputs_intact(rec: CaseRecord) -> str | None:
     """None when every recorded output is there with its recorded hash, else what is wrong."""
-    if "labels" not in rec.outputs or "sidecar" not in rec.outputs:
+    if "sidecar" not in rec.outputs or not ("labels" in rec.outputs or "dicom_seg" in rec.outputs):
         return "outputs not recorded"
     for kind, out in rec.outputs.items():
         p = Path(out["path"])
@@ -284,9 +297,11 @@ def write_statistics(out_dir: Path) -> Path:
     return write_text_atomic(out_dir / STATISTICS_CSV, buf.getvalue())
 
 
-def _remove_outputs(labels_path: Path) -> None:
-    for p in output_paths(labels_path, labels_path).values():
-        with contextlib.suppress(FileNotFoundError):
+def _remove_outputs(output: Path, settings: CaseSettings) -> None:
+    for p in output_paths(output, output, settings.output_format, settings.split_masks).values():
+        if p.is_dir():  # --split-masks: the case's mask folder
+            shutil.rmtree(p, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError):
             p.unlink()
 
 
@@ -334,7 +349,7 @@ def run_batch(
             if to_run:
                 with executor:
                     summary.executor = executor.description  # settled once the model is loaded
-                    _drive(to_run, out_dir, executor, ledger, key, run_id, reporter, summary)
+                    _drive(to_run, out_dir, settings, executor, ledger, key, run_id, reporter, summary)
                 # every worker has stopped: a temp file left now is a killed worker's unfinished
                 # write (its case was redone elsewhere), unless another part is writing here
                 if not other_runs_active(out_dir, lock.path):
@@ -358,15 +373,15 @@ def _largest_first(decisions: list[Decision]) -> list[Decision]:
     return sorted(decisions, key=lambda d: -sizes[id(d)])
 
 
-def _drive(to_run, out_dir, executor, ledger, key, run_id, reporter, summary) -> None:
+def _drive(to_run, out_dir, settings, executor, ledger, key, run_id, reporter, summary) -> None:
     pending = deque(_largest_first(to_run))
     inflight: dict[cf.Future, CaseTask] = {}
     while pending or inflight:
         while pending and len(inflight) < executor.capacity():
             case = pending.popleft().case
-            task = CaseTask(case.case_id, str(case.input_path), str(labels_path_for(out_dir, case.case_id)))
+            task = CaseTask(case.case_id, str(case.input_path), str(case_output_for(out_dir, case.case_id, settings)))
             ledger.mark_running(case.case_id, task.input_path, run_id)
-            _remove_outputs(Path(task.labels_path))  # nothing of an earlier attempt may mix with this one
+            _remove_outputs(Path(task.labels_path), settings)  # nothing of an earlier attempt may mix with this one
             inflight[executor.submit(task)] = task
         finished, _ = cf.wait(list(inflight), timeout=1.0, return_when=cf.FIRST_COMPLETED)
         for fut in finished:

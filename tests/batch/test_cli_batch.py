@@ -57,3 +57,31 @@ def test_cli_batch_usage_and_input_errors(tmp_path):
 def test_cli_batch_help_has_an_example():
     result = CliRunner().invoke(main, ["batch", "--help"])
     assert result.exit_code == 0 and "medseg batch cohort/ -o results/" in result.output
+
+
+def test_infer_options_work_in_batch_split_masks_dicom_seg_and_budgets(tmp_path):
+    """--split-masks, --format nifti+dicom-seg and --host-memory reach every case, as on `medseg infer`; the ledger
+    hashes the mask folder and the SEG, so a resumed run skips the case and a deleted mask redoes it."""
+    pytest.importorskip("highdicom")
+    import shutil
+
+    from tests.conftest import ROOT
+
+    cohort = tmp_path / "in"
+    shutil.copytree(ROOT / "sample_data" / "chest_ct_dicom", cohort / "chest")
+    out = tmp_path / "out"
+    args = [cohort, "-o", out, "--split-masks", "--format", "nifti+dicom-seg", "--host-memory", "4GB"]
+    result = _batch(*args, "--workers", "1", "-q")
+    assert result.exit_code == 0, result.output
+    masks = sorted(p.name for p in (out / "chest_seg_masks").iterdir())
+    assert "lung_left.nii.gz" in masks and "body.nii.gz" in masks
+    assert (out / "chest_seg.nii.gz").is_file() and (out / "chest_seg.dcm").is_file()
+    from medseg.io.dicom_seg import read_dicom_seg
+
+    assert read_dicom_seg(out / "chest_seg.dcm") is not None
+    again = _batch(*args, "--workers", "1", "-q")
+    assert again.exit_code == 0 and "1 skipped" in again.output, again.output
+    (out / "chest_seg_masks" / "body.nii.gz").unlink()
+    redo = _batch(*args, "--workers", "1", "-q")
+    assert redo.exit_code == 0 and "1 done now" in redo.output, redo.output
+    assert (out / "chest_seg_masks" / "body.nii.gz").is_file()
