@@ -158,10 +158,6 @@ class CohortLedger:
             return None
         return None if row is None else row["value"]
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
     @staticmethod
     def _record(row: sqlite3.Row) -> CaseRecord:
         data = dict(row)

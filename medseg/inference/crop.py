@@ -1,9 +1,10 @@
-"""``--crop-to-body``: segment only the body's bounding box (with a margin); outside is background.
+"""Segment only a region of the scan (``--crop-to-body``: the body's bounding box with a margin); outside
+is background.
 
-As TotalSegmentator's body-crop option does, a coarse, fast body mask
-(:func:`medseg.models.ct_anatomy.body.body_mask`) is computed first; the model then runs on the
-sub-volume, whose affine is the source affine shifted to the box's first voxel, so geometry stays
-exact, and its labels are pasted back into a background volume of the scan's shape.
+The region is the bounding box of a mask (:func:`mask_region`; for ``--crop-to-body`` the caller's body
+mask, as TotalSegmentator's body crop does); the model then runs on the sub-volume, whose affine is the
+source affine shifted to the box's first voxel, so geometry stays exact, and its labels are pasted back
+into a background volume of the scan's shape.
 
 The box is widened (:func:`align_to_model_grid`) so that the model's resampled grid of the crop
 falls on the same points as that of the whole scan wherever the voxel sizes allow (a 3 mm model on
@@ -45,21 +46,18 @@ class Region:
         return {"start": list(self.start), "stop": list(self.stop), "fraction": round(self.fraction_of(shape), 4)}
 
 
-def body_region(volume: Volume, margin_mm: float = CROP_MARGIN_MM) -> Region | None:
-    """The body's bounding box with ``margin_mm`` on every side (clipped to the scan); None if no body."""
-    from medseg.models.ct_anatomy.body import body_mask
-
-    array = volume.array if volume.array.ndim == 3 else volume.array[..., 0]
-    mask = body_mask(np.asarray(array), volume.affine)
+def mask_region(mask: np.ndarray, spacing, margin_mm: float = CROP_MARGIN_MM) -> Region | None:
+    """The bounding box of ``mask`` (3D, bool) with ``margin_mm`` on every side (``spacing`` in mm per axis),
+    clipped to the mask's shape; None if the mask is empty."""
     if not mask.any():
         return None
     start, stop = [], []
-    for axis, spacing in enumerate(volume.spacing):
+    for axis, step in enumerate(spacing):
         others = tuple(a for a in range(3) if a != axis)
         hits = np.flatnonzero(mask.any(axis=others))
-        pad = int(np.ceil(margin_mm / max(spacing, 1e-6)))
+        pad = int(np.ceil(margin_mm / max(float(step), 1e-6)))
         start.append(max(0, int(hits[0]) - pad))
-        stop.append(min(volume.shape[axis], int(hits[-1]) + 1 + pad))
+        stop.append(min(mask.shape[axis], int(hits[-1]) + 1 + pad))
     return Region(tuple(start), tuple(stop))
 
 

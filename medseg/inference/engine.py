@@ -31,6 +31,7 @@ import torch
 
 from medseg.errors import MedsegError
 from medseg.inference.host_memory import host_allocator
+from medseg.inference.invert import Finaliser
 from medseg.inference.plan import Plan
 from medseg.inference.windows import MAX_CHUNK_PLANES, buffer_planes, chunk_planes, pad_amounts, window_starts
 
@@ -114,17 +115,6 @@ def _fallback(plan: Plan, err: BaseException, where: str) -> Plan:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return smaller
-
-
-class Finaliser:
-    """Receives finished logit planes (``(C, X, Y, k)`` float32 on the CPU) in order along the last axis."""
-
-    def push(self, planes: torch.Tensor, start: int) -> None:  # pragma: no cover - interface
-        """``planes`` are planes ``[start, start + k)``; planes already received are ignored (resume)."""
-        raise NotImplementedError
-
-    def finish(self):  # pragma: no cover - interface
-        raise NotImplementedError
 
 
 def autocast_for(plan: Plan):

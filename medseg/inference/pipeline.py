@@ -36,7 +36,7 @@ import torch
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
 from medseg.inference.budget import framework_host_bytes, parse_bytes
-from medseg.inference.crop import Region, align_to_model_grid, body_region, crop, paste
+from medseg.inference.crop import Region, align_to_model_grid, crop, paste
 from medseg.inference.engine import MemoryFallbackWarning, infer_labels
 from medseg.inference.estimate import Workload
 from medseg.inference.host_memory import process_rss_bytes
@@ -46,6 +46,7 @@ from medseg.inference.plan import Plan
 from medseg.inference.planner import PlanResult, plan_memory, plan_without_network
 from medseg.io import ReadOptions, read_volume
 from medseg.models.base import AlgorithmOutput, Model
+from medseg.models.ct_anatomy.body import body_region
 from medseg.models.registry import check_model_options, open_model
 from medseg.progress import NULL_PROGRESS, Progress
 from medseg.volume import Volume
@@ -220,7 +221,7 @@ class Segmenter:
             message = f"--crop-to-body needs CT in HU to find the body; the scan looks like {look.words}"
             raise InputError(message, case.volume.source)
         t = time.perf_counter()
-        region = body_region(case.volume)
+        region = body_region(case.volume)  # the classical model's coarse body mask
         if region is not None and self.model.has_network:  # a network resamples to its own grid
             region = align_to_model_grid(region, case.volume.shape, self.model.model_grid(case.volume))
         case.timings["crop"] = time.perf_counter() - t

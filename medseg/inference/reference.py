@@ -18,8 +18,8 @@ import torch
 from monai.inferers import SliceInferer, SlidingWindowInferer
 from torch.profiler import ProfilerActivity, profile
 
-from medseg.inference.engine import Finaliser, autocast_for, inferer_kwargs
-from medseg.inference.invert import source_labels
+from medseg.inference.engine import autocast_for, inferer_kwargs
+from medseg.inference.invert import Finaliser, source_labels
 from medseg.inference.plan import Plan
 from medseg.inference.preprocess import GridRecord, reorient_array, resample_axis
 from medseg.inference.windows import window_count

@@ -6,8 +6,10 @@ intensity, channels), how a :class:`~medseg.volume.Volume` goes into its space a
 window grid and blending its reference implementation uses (:class:`WindowGrid`), its forward step
 (a network, :meth:`Model.forward`, or an algorithm without one, :meth:`Model.run_algorithm`), how
 its scores become labels on the source grid (:meth:`Model.finaliser`) and its memory terms for the
-planner (:meth:`Model.memory_terms`). Families implement it: MONAI ModelSpecs and MONAI bundles
-(:mod:`medseg.models.monai`) today; nnU-Net folders and classical models plug in the same way.
+planner (:meth:`Model.memory_terms`). Families implement it: MONAI ModelSpecs and bundles
+(:mod:`medseg.models.monai`) run their windows through the engine; nnU-Net v2 folders, TotalSegmentator
+tasks and the classical ``ct-anatomy`` run as an algorithm (:meth:`Model.run_algorithm`: nnU-Net's own
+tiling inside the family, not yet the engine's).
 
 Example:
     >>> model = open_model("phantom-unet3d")  # doctest: +SKIP  (medseg.models.registry)
@@ -25,14 +27,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medseg.errors import InputError, ModelError
-from medseg.inference.invert import SourceGridFinaliser
+from medseg.inference.invert import Finaliser, SourceGridFinaliser
 from medseg.io.validate import channels_of
 from medseg.volume import Volume
 
 if TYPE_CHECKING:  # for the annotations only
     import torch
 
-    from medseg.inference.engine import Finaliser
     from medseg.inference.preprocess import GridRecord
     from medseg.inference.tracing import NetworkMemory
     from medseg.progress import Progress

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from medseg.errors import InputError
-from medseg.inference.crop import Region, body_region, crop, paste
+from medseg.inference.crop import Region, crop, paste
 from medseg.inference.pipeline import infer_file
 from medseg.models.base import Accepts, Label, Model
+from medseg.models.ct_anatomy.body import body_region
 from medseg.volume import Volume
 from tests.conftest import save_nifti
 

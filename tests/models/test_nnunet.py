@@ -323,7 +323,7 @@ def test_streamed_export_equals_nnunets_export(model_shape):
 
 @requires_cpu_bf16
 def test_bf16_precision_on_the_cpu_keeps_the_labels_and_is_recorded(tmp_path):
-    """``--precision bf16``: bfloat16 autocast on the CPU (logits summed in float32 as always). It is not
+    """``--precision bf16``: bfloat16 autocast on the CPU (the window logits summed as without it). It is not
     the reference's arithmetic: voxels near a tie between two labels change (measured here: 99.8 % of
     the voxels equal, Dice 0.996-0.9996 on the labels of 1000+ voxels; labels of a few speckle voxels
     differ more)."""

@@ -170,3 +170,13 @@ def body_mask(hu: np.ndarray, affine: np.ndarray) -> np.ndarray:
     padding = coarse_padding(hu16, grid)
     parts = body_parts(hu16, grid, grid.block_mean(hu16), padding)
     return np.ascontiguousarray(canon.from_canonical(parts.full))
+
+
+def body_region(volume, margin_mm: float | None = None):
+    """The body's bounding box in ``volume`` (a CT in HU) with ``margin_mm`` around it (default
+    :data:`medseg.inference.crop.CROP_MARGIN_MM`), for ``--crop-to-body``; None if no body is found."""
+    from medseg.inference.crop import CROP_MARGIN_MM, mask_region
+
+    array = volume.array if volume.array.ndim == 3 else volume.array[..., 0]
+    mask = body_mask(np.asarray(array), volume.affine)
+    return mask_region(mask, volume.spacing, CROP_MARGIN_MM if margin_mm is None else margin_mm)

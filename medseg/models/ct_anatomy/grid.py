@@ -181,12 +181,3 @@ def planar_distance(mask: np.ndarray, spacing) -> np.ndarray:
     for k in range(mask.shape[2]):
         out[:, :, k] = ndi.distance_transform_edt(mask[:, :, k], sampling=spacing[:2])
     return out
-
-
-def largest_component(mask: np.ndarray, structure=None) -> np.ndarray:
-    lab, n = ndi.label(mask, structure=structure)
-    if n == 0:
-        return np.zeros_like(mask, dtype=bool)
-    sizes = np.bincount(lab.ravel())
-    sizes[0] = 0
-    return lab == int(np.argmax(sizes))

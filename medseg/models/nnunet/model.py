@@ -890,7 +890,8 @@ class NnUNetModel(Model):
     def _autocast(self, device):
         """nnU-Net's float16 autocast on CUDA; on the CPU float32 (the reference's) or, with
         ``precision="bf16"``, bfloat16 autocast (convolutions in bf16, several times faster on CPUs
-        with AVX-512 BF16 or AMX; logits are summed in float32 as always)."""
+        with AVX-512 BF16 or AMX; the window logits go into the same float16 sums as without it, as the
+        reference's do)."""
         import torch
 
         if device.type == "cuda":
