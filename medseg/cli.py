@@ -88,16 +88,21 @@ class Device(click.ParamType):
 
     name = "device"
 
-    def convert(self, value, param, ctx):
-        from medseg.devices import resolve_device
+    def __init__(self, absent_gpu: bool = False) -> None:
+        #: ``medseg plan`` plans for a GPU this machine lacks (with an explicit --gpu-memory): only the name is checked
+        self.absent_gpu = absent_gpu
 
-        if str(value).strip().lower() in ("auto", "cpu"):
-            return str(value).strip().lower()
+    def convert(self, value, param, ctx):
+        from medseg.devices import check_device_name, resolve_device
+
+        value = str(value).strip().lower()
         try:
-            resolve_device(value)
+            check_device_name(value)
+            if not self.absent_gpu:
+                resolve_device(value)
         except MedsegError as err:
-            self.fail(err.problem.removeprefix(f"--device {str(value).strip().lower()} requested but "), param, ctx)
-        return str(value).strip().lower()
+            self.fail(err.problem.removeprefix(f"--device {value} requested but "), param, ctx)
+        return value
 
 
 OVERLAP = FiniteRange(0.0, 1.0, max_open=True)
@@ -1103,7 +1108,13 @@ def prompt(
 @main.command("plan")
 @click.argument("input_path", metavar="INPUT", type=click.Path(exists=True, path_type=Path))
 @MODEL_OPTION
-@DEVICE_OPTION
+@click.option(
+    "--device",
+    type=Device(absent_gpu=True),
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda or cuda:N; cuda on a machine without it plans for that GPU (give --gpu-memory).",
+)
 @GPU_MEMORY_OPTION
 @HOST_MEMORY_OPTION
 @OVERLAP_OPTION
@@ -1143,18 +1154,32 @@ def plan(
     """
     import json
 
+    from medseg.devices import gpu_present
     from medseg.inference.estimate import Workload
     from medseg.inference.pipeline import CaseOptions, Segmenter, read_case, start_case
     from medseg.inference.plan_report import describe
     from medseg.progress import Progress
 
+    absent = device.startswith("cuda") and not gpu_present(device)
+    if absent and (gpu_memory is None or str(gpu_memory).strip().lower() == "auto"):
+        raise click.BadParameter(
+            f"{device}: this machine has no such CUDA GPU; give --gpu-memory (e.g. 12GB) to plan for one",
+            param_hint="--device",
+        )
     options = CaseOptions(overlap=overlap, read=read_options, force_modality=force_modality, crop_to_body=crop_to_body)
     with Progress() as progress:
         progress.stage("read")
         case = read_case(start_case(input_path, None, options))
         progress.stage("load model")
         seg = Segmenter(
-            model, device, gpu_memory, host_memory, trust_bundle, tune_allocator=True, model_options=model_options
+            model,
+            "cpu" if absent else device,
+            gpu_memory,
+            host_memory,
+            trust_bundle,
+            tune_allocator=True,
+            model_options=model_options,
+            plan_device=device if absent else None,
         )
         seg.check(case)
         volume = seg.work_volume(case)
@@ -1163,6 +1188,8 @@ def plan(
     name = seg.model.name
     if as_json:
         doc = {"input": str(input_path), "model": name, "fits": result.fits, **result.plan.to_dict()}
+        if absent:
+            doc["gpu_present"] = False
         if seg.model.has_network:
             doc["model_grid"] = list(Workload.of(volume, seg.model).model_shape)
         if case.region is not None:

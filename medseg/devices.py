@@ -42,6 +42,27 @@ def resolve_device(device: str | None = "auto") -> str:
     raise MedsegError(f"unknown device {device!r} (expected {DEVICE_HELP[:-1]})")
 
 
+def check_device_name(device: str | None) -> str:
+    """``device`` if it is a device name medseg knows (``auto``, ``cpu``, ``cuda``, ``cuda:N``), whether or not
+    this machine has it."""
+    name = (device or "auto").strip().lower()
+    if name in ("auto", "cpu", "cuda"):
+        return name
+    if name.startswith("cuda:"):
+        if not name[5:].isdigit():
+            raise MedsegError(f"bad device {name!r} (expected cuda or cuda:N)")
+        return name
+    raise MedsegError(f"unknown device {name!r} (expected {DEVICE_HELP[:-1]})")
+
+
+def gpu_present(device: str = "cuda") -> bool:
+    """Whether ``device`` (``cuda`` or ``cuda:N``) is a usable CUDA GPU here."""
+    try:
+        return resolve_device(device).startswith("cuda")
+    except MedsegError:
+        return False
+
+
 def _why_no_cuda(torch) -> str:
     if not torch.backends.cuda.is_built():
         return f"this PyTorch ({torch.__version__}) is a CPU-only build, so no CUDA GPU is available"

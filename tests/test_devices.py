@@ -45,7 +45,10 @@ def _one_line_usage_error(result, *needles):
 def test_cuda_without_a_gpu_is_one_line_exit_2(command, device, tmp_path):
     args = [a.format(tmp=tmp_path) for a in command] + ["--device", device]
     result = _run(args, tmp_path)
-    _one_line_usage_error(result, "--device", "no CUDA GPU is available", "--device cpu")
+    if command[0] == "plan":  # plans for a GPU that is not here, given its size (tests/inference/test_gpu_plan.py)
+        _one_line_usage_error(result, "--device", "this machine has no such CUDA GPU", "give --gpu-memory")
+    else:
+        _one_line_usage_error(result, "--device", "no CUDA GPU is available", "--device cpu")
     assert not list(tmp_path.iterdir())  # nothing read, nothing written
 
 

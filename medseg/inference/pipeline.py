@@ -163,7 +163,8 @@ class Segmenter:
         trust_bundle: evaluate a MONAI bundle's config (runs its code).
         tune_allocator: let each run set glibc's allocator for its windows (the ``infer``, ``plan``
             and ``batch`` commands ask for it; library use and the viewer leave the process alone).
-        model_options: for an nnU-Net v2 folder: ``folds``, ``tta``, ``step_size``, ``trust_checkpoint``.
+        model_options: the family's options (``open_model``'s ``options``).
+        plan_device: plan for this device instead of the model's (a GPU absent here; see ``plan_device``).
     """
 
     def __init__(
@@ -175,9 +176,13 @@ class Segmenter:
         trust_bundle: bool = False,
         tune_allocator: bool = False,
         model_options: dict | None = None,
+        plan_device: str | None = None,
     ) -> None:
         self.model = open_model(model, device, trust_bundle, model_options).load()
         self.device = self.model.device
+        #: the device plans are made for when it is not the one the model runs on here: ``medseg plan
+        #: --device cuda --gpu-memory 12GB`` on a machine without the GPU (the model is traced on this CPU)
+        self.plan_device = plan_device
         #: memory budgets in bytes for the planner; None = what is free when planning (``auto``)
         self.gpu_budget = parse_bytes(gpu_memory)
         self.host_budget = parse_bytes(host_memory)
@@ -309,6 +314,16 @@ class Segmenter:
         model = self.model
         check_model_options(model, overlap=overlap)
         framework = self._framework_host(volume)
+        absent = self.plan_device is not None and self.plan_device != self.device
+        if absent and (not model.has_network or self.gpu_budget is None):
+            raise MedsegError(
+                f"planning for {self.plan_device}, a GPU this machine does not have, needs an explicit --gpu-memory "
+                "and a network run by medseg's engine (MONAI ModelSpecs and bundles); "
+                f"{model.name} ({model.family}) is not planned that way yet"
+                if self.gpu_budget is not None
+                else f"planning for {self.plan_device}, a GPU this machine does not have, needs --gpu-memory "
+                "(e.g. 12GB or 24GB)"
+            )
         if not model.has_network:
             if hasattr(model, "set_host_budget"):  # a model that streams its own buffers (nnU-Net's logits)
                 model.set_host_budget(self.host_budget)
@@ -318,7 +333,7 @@ class Segmenter:
                 Workload.of(volume, model),
                 model.windows,
                 model.memory_terms(),
-                self.device,
+                self.plan_device or self.device,
                 gpu_budget=self.gpu_budget,
                 host_budget=self.host_budget,
                 overlap=overlap,
@@ -332,6 +347,9 @@ class Segmenter:
                 raise MedsegError(message)
             warnings.warn(message + "; trying the smallest plan", MemoryFallbackWarning, stacklevel=2)
         plan = result.plan
+        if absent:
+            note = f"planned for {self.plan_device}, which this machine does not have (traced on its CPU)"
+            result.plan = plan = plan.replace(notes=(*plan.notes, note))
         if model.has_network and plan.device == "cpu" and model.spatial_dims == 3 and plan.host_allocator == "fast":
             # smaller batches than planned use less memory, so every candidate fits the budget
             progress.stage("time windows")  # the first run on this CPU times each batch (cached after)
