@@ -35,7 +35,7 @@ import torch
 
 from medseg import __version__
 from medseg.errors import InputError, MedsegError
-from medseg.inference.budget import framework_host_bytes, parse_bytes
+from medseg.inference.budget import auto_host_budget, framework_host_bytes, parse_bytes
 from medseg.inference.crop import Region, align_to_model_grid, crop, paste
 from medseg.inference.engine import MemoryFallbackWarning, infer_labels
 from medseg.inference.estimate import Workload
@@ -325,9 +325,10 @@ class Segmenter:
                 "(e.g. 12GB or 24GB)"
             )
         if not model.has_network:
-            if hasattr(model, "set_host_budget"):  # a model that streams its own buffers (nnU-Net's logits)
-                model.set_host_budget(self.host_budget)
-            result = plan_without_network(model.algorithm_bytes(volume), framework, self.host_budget)
+            # the budget is resolved once: the plan carries it, and the run follows the plan (nnU-Net decides
+            # from it whether its logits stream and how many windows run at once)
+            budget = self.host_budget if self.host_budget is not None else auto_host_budget()
+            result = plan_without_network(model.algorithm_bytes(volume, budget), framework, budget)
         else:
             result = plan_memory(
                 Workload.of(volume, model),
@@ -380,7 +381,7 @@ class Segmenter:
         if not model.has_network:
             t = time.perf_counter()
             progress.stage("segment")
-            labels = model.run_algorithm(volume, progress)
+            labels = model.run_algorithm(volume, progress, plan.budget_bytes.get("host"))
             if isinstance(labels, AlgorithmOutput):  # its own steps' timings go into the sidecar too
                 notes, steps, labels = list(labels.notes), dict(labels.timings), labels.labels
                 timings.update({k: round(float(v), 4) for k, v in steps.items()})

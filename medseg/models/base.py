@@ -213,9 +213,12 @@ class Model(ABC):
         """Scores ``(B, classes, *roi)`` for a batch of windows (models with a network)."""
         raise ModelError("has no network; it segments with its own algorithm", self.name)
 
-    def run_algorithm(self, volume: Volume, progress: Progress) -> np.ndarray | AlgorithmOutput:
+    def run_algorithm(
+        self, volume: Volume, progress: Progress, host_budget: int | None = None
+    ) -> np.ndarray | AlgorithmOutput:
         """Labels on ``volume``'s grid (or an :class:`AlgorithmOutput` with notes), for a model
-        without a network (``windows`` is None)."""
+        without a network (``windows`` is None), within ``host_budget`` bytes (the plan's; None: what is
+        free)."""
         raise ModelError("has a network; run it through the engine", self.name)
 
     # --- memory and speed (the planner's terms) -----------------------------------------------
@@ -223,8 +226,9 @@ class Model(ABC):
         """Weights and traced activation peaks of the network (None without a network)."""
         return None
 
-    def algorithm_bytes(self, volume: Volume) -> int:
-        """Predicted peak host bytes of :meth:`run_algorithm` on ``volume`` (models without a network)."""
+    def algorithm_bytes(self, volume: Volume, host_budget: int | None = None) -> int:
+        """Predicted peak host bytes of :meth:`run_algorithm` on ``volume`` within ``host_budget`` (models
+        without a network; a model that streams its buffers decides how from the budget)."""
         return 0
 
     def tune_windows(self, roi: tuple[int, ...], max_batch: int) -> tuple[int, bool]:

@@ -367,12 +367,7 @@ class TotalSegmentatorModel(Model):
     def prepare(self, volume: Volume):
         raise ModelError("runs TotalSegmentator's own preprocessing; it has no medseg model grid", self.name)
 
-    def set_host_budget(self, host_bytes: int | None) -> None:
-        """Passed on to each nnU-Net part (they stream their logits in bands when the budget asks)."""
-        for model in self._part_models().values():
-            model.set_host_budget(host_bytes)
-
-    def algorithm_bytes(self, volume: Volume) -> int:
+    def algorithm_bytes(self, volume: Volume, host_budget: int | None = None) -> int:
         """Host peak: the scan, its canonical copy and the resampled grid (float64 during the zoom, then
         int32), then the largest part's nnU-Net peak (:meth:`NnUNetModel.algorithm_bytes`, its own
         phases) on the resampled grid beside the merged labels."""
@@ -385,12 +380,14 @@ class TotalSegmentatorModel(Model):
         shape = tuple(max(1, int(round(s))) for s in np.array(volume.shape) * spacing / target)
         m = int(np.prod(shape))
         grid = Volume(np.broadcast_to(np.float32(0), shape), np.diag([*target, 1.0]))
-        parts = max((p.algorithm_bytes(grid) for p in self._part_models().values()), default=0)
+        parts = max((p.algorithm_bytes(grid, host_budget) for p in self._part_models().values()), default=0)
         steps = 4 * n + 4 * n + 12 * m  # scan (float32), canonical copy, the zoom's float64 output + int32
         return int(max(steps, 4 * n + parts + m + n))
 
     # --- running -------------------------------------------------------------------------------
-    def run_algorithm(self, volume: Volume, progress) -> AlgorithmOutput:
+    def run_algorithm(self, volume: Volume, progress, host_budget: int | None = None) -> AlgorithmOutput:
+        """TotalSegmentator's steps around nnU-Net; each part runs under ``host_budget`` (its logits stream in
+        bands when the budget asks)."""
         import nibabel as nib
 
         timings: dict[str, float] = {}
@@ -436,7 +433,7 @@ class TotalSegmentatorModel(Model):
             resampled = True
         timings["totalseg.resample"] = time.perf_counter() - t
 
-        seg = self._predict(canon, spacing, progress, timings)
+        seg = self._predict(canon, spacing, progress, timings, host_budget, notes)
         del canon
 
         t = time.perf_counter()
@@ -455,7 +452,9 @@ class TotalSegmentatorModel(Model):
         timings["totalseg.back"] = time.perf_counter() - t
         return AlgorithmOutput(np.ascontiguousarray(seg.astype(np.uint8)), notes, timings)
 
-    def _predict(self, canon: np.ndarray, spacing, progress, timings: dict) -> np.ndarray:
+    def _predict(
+        self, canon: np.ndarray, spacing, progress, timings: dict, host_budget: int | None = None, notes=None
+    ) -> np.ndarray:
         """Every part's labels on the canonical, resampled grid, merged into the task's class ids."""
         shape = canon.shape
         split = self.multipart and int(np.prod(shape)) > _SPLIT_VOXELS and shape[2] > 200
@@ -481,7 +480,10 @@ class TotalSegmentatorModel(Model):
                     lut[value] = inverse[name]
             for data, (dst, src) in zip(inputs, keep):
                 sub = _Progress(progress, i, len(parts))
-                seg = model.segment_array(data, zyx, sub, timings)  # nnU-Net's preprocessor copies its input
+                part_notes: list[str] = []
+                seg = model.segment_array(data, zyx, sub, timings, host_budget, part_notes)  # copies its input
+                if notes is not None:
+                    notes.extend(n for n in part_notes if n not in notes)
                 seg = seg.transpose(2, 1, 0)[:, :, src]
                 if lut is not None:
                     if seg.size and int(seg.max()) >= len(lut):

@@ -107,18 +107,17 @@ def test_bands_are_planned_when_the_full_logits_do_not_fit():
     assert max(sum(p.values()) for p in bands.values()) <= max(sum(p.values()) for p in full.values())
     # by budget: streams when the full path's peak exceeds it, not otherwise
     model.stream_slabs = None
-    model.set_host_budget(max(sum(p.values()) for p in full.values()) - 1)
-    assert model.memory_phases(volume)["windows"]["logits"] == bands["windows"]["logits"]
-    assert "first-axis bands" in model.memory_notes[0]
-    model.set_host_budget(1 << 40)
-    assert model.memory_phases(volume)["windows"]["logits"] == full["windows"]["logits"]
+    tight = model.layout(volume, max(sum(p.values()) for p in full.values()) - 1)
+    assert tight.banded and tight.phases["windows"]["logits"] == bands["windows"]["logits"]
+    assert "first-axis bands" in tight.notes[0]
+    assert model.memory_phases(volume, 1 << 40)["windows"]["logits"] == full["windows"]["logits"]
 
 
 def test_separate_z_scans_keep_the_full_buffer_and_say_so():
     model = NnUNetModel(CONFIG, folds=[0], tta=False, stream_slabs=True)
     volume = _phantom((100, 90, 20), spacing=(0.8, 0.8, 4.0))  # anisotropic: nnU-Net's own export
-    phases = model.memory_phases(volume)
-    assert "export.resampled" in phases["export"] and "cannot stream" in model.memory_notes[0]
+    layout = model.layout(volume)
+    assert "export.resampled" in layout.phases["export"] and "cannot stream" in layout.notes[0]
 
 
 @pytest.mark.parametrize("tta, folds", [(False, [0, 1]), (True, [0])])
@@ -159,15 +158,49 @@ def test_view_workers_give_way_to_the_host_budget():
 
     model = NnUNetModel(CONFIG, folds=[0], tta=True)
     volume = _phantom((60, 60, 40))
-    model.set_host_budget(1 << 40)
-    roomy = model.memory_phases(volume)
+    roomy = model.layout(volume, 1 << 40)
     threads = torch.get_num_threads()
     assert model.views_in_flight() == (threads if 2 <= threads <= 8 else 1)
-    assert not model.memory_notes
+    assert not roomy.one_view and not roomy.notes
     if model.views_in_flight() < 2:
         pytest.skip("one torch thread: no view workers to give way")
-    model.set_host_budget(max(sum(p.values()) for p in roomy.values()) - 1)
-    tight = model.memory_phases(volume)
-    assert model.views_in_flight() == 1
-    assert "one window or mirrored copy at a time" in model.memory_notes[-1]
-    assert tight["windows"]["window.activations"] < roomy["windows"]["window.activations"]
+    tight = model.layout(volume, max(sum(p.values()) for p in roomy.phases.values()) - 1)
+    assert tight.one_view and model.views_in_flight(tight.one_view) == 1
+    assert "one window or mirrored copy at a time" in tight.notes[-1]
+    assert tight.phases["windows"]["window.activations"] < roomy.phases["windows"]["window.activations"]
+    assert model.layout(volume, 1 << 40) == roomy  # a layout is a value: planning again changes nothing
+
+
+def test_a_case_planned_on_another_thread_mid_run_changes_nothing_of_the_run():
+    """The pipelined batch plans the next case on its reader thread while the current one runs. The plan is a
+    value the run receives (its host budget; nnU-Net's layout follows from it), never model state: a tight plan
+    made on another thread in the middle of a run leaves that run's layout, notes and labels as a serial run's."""
+    import threading
+
+    from medseg.inference.pipeline import Segmenter
+
+    model = NnUNetModel(CONFIG, folds=[0], tta=False).load()
+    current, following = _phantom((60, 56, 50), seed=9302), _phantom((90, 90, 80), seed=9303)
+    roomy = Segmenter(model, "cpu", host_memory=1 << 40)
+    serial = roomy.segment(current, roomy.plan_for(current))
+    tight = Segmenter(model, "cpu", host_memory=model.algorithm_bytes(following, 1 << 40) - 1)
+    tight_plan = tight.plan_case(following, strict=False).plan  # fits or not: its layout is what matters
+    assert model.layout(following, tight_plan.budget_bytes["host"]).notes  # that plan does change the layout
+
+    original = model.predict_logits
+    planned = []
+
+    def plan_elsewhere_then_predict(*args, **kwargs):
+        other = threading.Thread(target=lambda: planned.append(tight.plan_case(following, strict=False).plan))
+        other.start()
+        other.join()
+        return original(*args, **kwargs)
+
+    model.predict_logits = plan_elsewhere_then_predict
+    try:
+        during = roomy.segment(current, roomy.plan_for(current))
+    finally:
+        del model.predict_logits
+    assert planned and planned[0].notes == tight_plan.notes
+    assert during.notes == serial.notes and not any("at a time" in n or "bands" in n for n in during.notes)
+    assert np.array_equal(during.labels, serial.labels)

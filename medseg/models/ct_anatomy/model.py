@@ -68,7 +68,7 @@ class CtAnatomyModel(Model):
     def prepare(self, volume: Volume):
         raise ModelError("has no model space; it runs on the scan's own grid", self.name)
 
-    def run_algorithm(self, volume: Volume, progress: Progress) -> AlgorithmOutput:
+    def run_algorithm(self, volume: Volume, progress: Progress, host_budget: int | None = None) -> AlgorithmOutput:
         from medseg.models.ct_anatomy.method import segment_ct
 
         result = segment_ct(np.asarray(volume.array), volume.affine, lambda f, _msg="": progress.update(f))
@@ -76,7 +76,7 @@ class CtAnatomyModel(Model):
             result.labels, list(result.notes), {f"ct_anatomy.{k}": v for k, v in result.timings.items()}
         )
 
-    def algorithm_bytes(self, volume: Volume) -> int:
+    def algorithm_bytes(self, volume: Volume, host_budget: int | None = None) -> int:
         from medseg.models.ct_anatomy.method import peak_bytes
 
         return int(peak_bytes(volume.shape))

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -177,9 +178,7 @@ class NnUNetModel(Model):
         #: logits in first-axis bands (True), the full buffer (False), or by the host budget (None)
         self.stream_slabs = stream_slabs
         self.host_budget = None if host_budget is None else int(host_budget)
-        self.one_view = False  # set by the planner when a window or mirrored copy per core does not fit
         self._pool = (None, 1)  # (thread pool, its workers) while :meth:`_view_workers` runs
-        self.memory_notes: list[str] = []
         self._network_memory = None
 
     # --- what it is --------------------------------------------------------------------------
@@ -320,17 +319,12 @@ class NnUNetModel(Model):
         raise ModelError("runs nnU-Net's own preprocessing; it has no medseg model grid", self.name)
 
     # --- memory ------------------------------------------------------------------------------------
-    def set_host_budget(self, host_bytes: int | None) -> None:
-        """The host budget (bytes) that decides, when ``stream_slabs`` is None, whether the logits stream
-        in first-axis bands (:meth:`memory_phases`); None: what is free now."""
-        self.host_budget = None if host_bytes is None else int(host_bytes)
+    def algorithm_bytes(self, volume: Volume, host_budget: int | None = None) -> int:
+        """Predicted host peak of one case on this model's device under ``host_budget``: the largest phase
+        of :meth:`memory_phases` (the sum of that phase's terms of :meth:`memory_breakdown`)."""
+        return max(sum(phase.values()) for phase in self.memory_phases(volume, host_budget).values())
 
-    def algorithm_bytes(self, volume: Volume) -> int:
-        """Predicted host peak of one case on this model's device: the largest phase of
-        :meth:`memory_phases` (the sum of that phase's terms of :meth:`memory_breakdown`)."""
-        return max(sum(phase.values()) for phase in self.memory_phases(volume).values())
-
-    def memory_breakdown(self, volume: Volume) -> dict[str, int]:
+    def memory_breakdown(self, volume: Volume, host_budget: int | None = None) -> dict[str, int]:
         """Every named host term of one case (bytes); see :meth:`memory_phases` for which are alive together.
 
         ``gpu.*`` terms (CUDA only) are device memory and are in no host phase: the network's weights,
@@ -339,12 +333,12 @@ class NnUNetModel(Model):
         logits and weight sums stay on the host, as on the CPU.
         """
         terms: dict[str, int] = {}
-        for phase in self.memory_phases(volume).values():
+        for phase in self.memory_phases(volume, host_budget).values():
             terms.update(phase)
         terms.update(self._gpu_terms())
         return terms
 
-    def memory_phases(self, volume: Volume) -> dict[str, dict[str, int]]:
+    def memory_phases(self, volume: Volume, host_budget: int | None = None) -> dict[str, dict[str, int]]:
         """The host terms alive together in each step of one case, as the code and nnU-Net's functions
         hold them (the bytes of numpy/torch arrays, counted from the plans and the scan's shape; the
         non-zero crop is assumed to keep the whole scan, as it does for CT):
@@ -371,53 +365,53 @@ class NnUNetModel(Model):
         When ``stream_slabs`` is True, or None and the full path's peak exceeds the host budget, and
         the export can stream, the windows run in first-axis bands (:meth:`_band_windows`): the
         logits term is then one band per fold and the windows and export phases overlap.
+        ``host_budget``: bytes (None: the model's ``host_budget``, else what is free now).
         """
-        return self._plan_phases(self._geometry_of_volume(volume))[1]
+        return self.layout(volume, host_budget).phases
 
-    def _plan_phases(self, g: dict) -> tuple[bool, dict[str, dict[str, int]]]:
+    def layout(self, volume: Volume, host_budget: int | None = None) -> NnUNetLayout:
+        """How a case of ``volume``'s shape runs under ``host_budget`` (:class:`NnUNetLayout`), decided from
+        the shapes alone; the run decides the same from the same budget."""
+        return self._layout(self._geometry_of_volume(volume), host_budget)
+
+    def _layout(self, g: dict, host_budget: int | None) -> NnUNetLayout:
         """Whether the logits stream in bands, and the phases: with the CPU's worker threads, unless their
-        windows or mirrored copies in flight do not fit the host budget (then one at a time,
-        ``memory_notes`` says so)."""
-        self.one_view = False
+        windows or mirrored copies in flight do not fit the host budget (then one at a time, noted)."""
+        budget = self._budget(host_budget)
+        one_view = False
         while True:
-            self.memory_notes = []
-            full = self._phases(g, banded=False)
-            banded = self._use_bands(g, full)
-            phases = self._phases(g, banded=True) if banded else full
-            if self.one_view or self.views_in_flight() < 2 or not self._exceeds_budget(phases):
+            full = self._phases(g, banded=False, one_view=one_view)
+            banded, notes = self._use_bands(g, full, budget)
+            phases = self._phases(g, banded=True, one_view=one_view) if banded else full
+            if one_view or self.views_in_flight() < 2 or not _exceeds(phases, budget):
                 break
-            self.one_view = True
-        if self.one_view:
-            self.memory_notes.append(
-                "nnU-Net: one window or mirrored copy at a time (one per core does not fit the host budget)"
-            )
-        return banded, phases
+            one_view = True
+        if one_view:
+            notes.append("nnU-Net: one window or mirrored copy at a time (one per core does not fit the host budget)")
+        return NnUNetLayout(banded, one_view, tuple(notes), phases)
 
-    def _exceeds_budget(self, phases: dict[str, dict[str, int]]) -> bool:
-        budget = self.host_budget
+    def _budget(self, host_budget: int | None) -> int:
+        budget = host_budget if host_budget is not None else self.host_budget
         if budget is None:
             from medseg.inference.budget import auto_host_budget
 
             budget = auto_host_budget()
-        return max(sum(p.values()) for p in phases.values()) > budget
+        return int(budget)
 
-    def _use_bands(self, g: dict, full: dict[str, dict[str, int]]) -> bool:
+    def _use_bands(self, g: dict, full: dict[str, dict[str, int]], budget: int) -> tuple[bool, list[str]]:
+        over = self.stream_slabs is not False and _exceeds(full, budget)
         if not g["can_stream"] or len(g["patch"]) != 3:
-            if self.stream_slabs or self._over_budget(full):
-                self.memory_notes = [
+            if self.stream_slabs or over:
+                return False, [
                     "nnU-Net: the logits cannot stream for this scan (nnU-Net's own export: separate-z, "
                     "regions, 2D or another resampling function); the full logits buffer is used"
                 ]
-            return False
+            return False, []
         if self.stream_slabs is not None:
-            return bool(self.stream_slabs)
-        if self._over_budget(full):
-            self.memory_notes = ["nnU-Net: the full logits do not fit the host budget; they stream in first-axis bands"]
-            return True
-        return False
-
-    def _over_budget(self, phases: dict[str, dict[str, int]]) -> bool:
-        return self.stream_slabs is not False and self._exceeds_budget(phases)
+            return bool(self.stream_slabs), []
+        if over:
+            return True, ["nnU-Net: the full logits do not fit the host budget; they stream in first-axis bands"]
+        return False, []
 
     def _geometry_of_volume(self, volume: Volume) -> dict:
         """The shapes nnU-Net will see for ``volume`` (before any checkpoint is loaded)."""
@@ -525,7 +519,7 @@ class NnUNetModel(Model):
         return {"gpu.weights": net.weights, "gpu.weights_fp16": net.weights // 2, "gpu.activations": act,
                 "gpu.window_batch": window}  # fmt: skip
 
-    def _phases(self, g: dict, banded: bool) -> dict[str, dict[str, int]]:
+    def _phases(self, g: dict, banded: bool, one_view: bool = False) -> dict[str, dict[str, int]]:
         c, heads, on_cpu = g["channels"], self._heads(), str(self.device) == "cpu"
         n, nc = g["source"], int(np.prod(g["cropped"]))
         m, mp = int(np.prod(g["model"])), int(np.prod(g["padded"]))
@@ -547,7 +541,7 @@ class NnUNetModel(Model):
         preprocess = {**base, "weights": weights, "preprocess.copy": 4 * c * n, "preprocess.transient": transient}
         if g["resampled"]:  # the float32 output, filled channel by channel (else the copy is the output)
             preprocess["preprocessed"] = 4 * c * m
-        batch = self.views_in_flight()
+        batch = self.views_in_flight(one_view)
         window = {
             # the mirrored copies in flight, one per CPU view worker (on CUDA they are made on the device:
             # one window on the host)
@@ -619,19 +613,29 @@ class NnUNetModel(Model):
         return max(lerp, heads * step * model_plane * 4 + resized, argmax)
 
     # --- running -------------------------------------------------------------------------------
-    def run_algorithm(self, volume: Volume, progress) -> AlgorithmOutput:
+    def run_algorithm(self, volume: Volume, progress, host_budget: int | None = None) -> AlgorithmOutput:
         t = time.perf_counter()
         data, spacing, undo = self._to_nnunet(volume)
         timings = {"nnunet.read": time.perf_counter() - t}
-        seg = self.segment_array(data, spacing, progress, timings)
+        notes: list[str] = []
+        seg = self.segment_array(data, spacing, progress, timings, host_budget, notes)
         labels = undo(seg)
         dtype = np.uint8 if max(self.labels) < 256 else np.uint16
-        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), list(self.memory_notes), timings)
+        return AlgorithmOutput(np.ascontiguousarray(labels.astype(dtype, copy=False)), notes, timings)
 
-    def segment_array(self, data: np.ndarray, spacing, progress=None, timings: dict | None = None) -> np.ndarray:
+    def segment_array(
+        self,
+        data: np.ndarray,
+        spacing,
+        progress=None,
+        timings: dict | None = None,
+        host_budget: int | None = None,
+        notes: list[str] | None = None,
+    ) -> np.ndarray:
         """nnU-Net's prediction for ``data`` (``(c, z, y, x)`` float32 in the reader's axis order, as
         nnU-Net's readers return it) at ``spacing`` (``(z, y, x)`` mm): labels on the same grid.
-        ``timings`` (a dict) receives the steps' seconds."""
+        ``timings`` (a dict) receives the steps' seconds, ``notes`` (a list) the layout's notes; the layout
+        (:meth:`layout`) follows ``host_budget``."""
         import torch
         from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
@@ -647,13 +651,15 @@ class NnUNetModel(Model):
         t = time.perf_counter()
         cropped = [int(n) for n in props["shape_after_cropping_and_before_resampling"]]
         geometry = self._geometry(channels, shape_zyx, list(spacing), cropped, 0)
-        banded, _ = self._plan_phases(geometry)
-        if banded:
-            seg = self._band_windows(torch.from_numpy(np.ascontiguousarray(pre)), props, progress)
+        layout = self._layout(geometry, host_budget)
+        if notes is not None:
+            notes.extend(layout.notes)
+        if layout.banded:
+            seg = self._band_windows(torch.from_numpy(np.ascontiguousarray(pre)), props, progress, layout.one_view)
             del pre
             timings["nnunet.windows+export"] = time.perf_counter() - t
             return np.asarray(seg)
-        logits = self.predict_logits(torch.from_numpy(np.ascontiguousarray(pre)), progress)
+        logits = self.predict_logits(torch.from_numpy(np.ascontiguousarray(pre)), progress, layout.one_view)
         del pre
         timings["nnunet.windows"] = timings.get("nnunet.windows", 0.0) + time.perf_counter() - t
         t = time.perf_counter()
@@ -731,7 +737,7 @@ class NnUNetModel(Model):
         full = insert_crop_into_image(full, seg.numpy(), props["bbox_used_for_cropping"])
         return full.transpose(self.plans_manager.transpose_backward)
 
-    def _band_windows(self, data, props: dict, progress=None) -> np.ndarray:
+    def _band_windows(self, data, props: dict, progress=None, one_view: bool = False) -> np.ndarray:
         """The sliding windows and the streamed export interleaved, so that only a band of logits lives.
 
         The windows run in nnU-Net's order (first-axis start outermost, as ``predict_logits`` runs them),
@@ -767,7 +773,7 @@ class NnUNetModel(Model):
         starts = list(steps[0])
         total = len(starts) * len(steps[1]) * len(steps[2]) * n_folds
         done, band_start, ready, ready_start, ready_stop, next_out = 0, starts[0], None, 0, 0, 0
-        with torch.inference_mode(), self._autocast(device), self._view_workers():
+        with torch.inference_mode(), self._autocast(device), self._view_workers(one_view):
             for k, sx in enumerate(starts):
                 shift = sx - band_start
                 for band in bands:
@@ -837,20 +843,21 @@ class NnUNetModel(Model):
 
         return data, spacing, undo
 
-    def predict_logits(self, data, progress=None):
-        """nnU-Net's sliding-window logits on the preprocessed ``(c, z, y, x)`` tensor, folds averaged."""
+    def predict_logits(self, data, progress=None, one_view: bool = False):
+        """nnU-Net's sliding-window logits on the preprocessed ``(c, z, y, x)`` tensor, folds averaged
+        (``one_view``: one window or mirrored copy at a time, see :meth:`views_in_flight`)."""
 
         total = None
         for i, state in enumerate(self.states):
             if i or len(self.states) > 1:
                 self.network.load_state_dict(state)
-            logits = self._sliding_window(data, progress, i, len(self.states))
+            logits = self._sliding_window(data, progress, i, len(self.states), one_view)
             total = logits if total is None else total.add_(logits)  # float16, as the reference sums folds
         if len(self.states) > 1:
             total /= len(self.states)
         return total
 
-    def _sliding_window(self, data, progress, fold_index: int, n_folds: int):
+    def _sliding_window(self, data, progress, fold_index: int, n_folds: int, one_view: bool = False):
         import torch
         from acvl_utils.cropping_and_padding.padding import pad_nd_image
         from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
@@ -877,7 +884,7 @@ class NnUNetModel(Model):
         heads = self.label_manager.num_segmentation_heads
         logits = torch.zeros((heads, *size), dtype=torch.float16)
         weight = torch.zeros(size, dtype=torch.float16)
-        with torch.inference_mode(), self._autocast(device), self._view_workers():
+        with torch.inference_mode(), self._autocast(device), self._view_workers(one_view):
             for n, (sl, pred) in enumerate(self._predict_windows(padded, slicers, device)):
                 pred *= gaussian
                 logits[sl] += pred
@@ -962,7 +969,7 @@ class NnUNetModel(Model):
         return out if flip is None else torch.flip(out, flip)
 
     @contextlib.contextmanager
-    def _view_workers(self):
+    def _view_workers(self, one_view: bool = False):
         """On the CPU: one worker thread per core (:meth:`views_in_flight`), each running whole mirrored
         copies (TTA) or whole windows single-threaded (``torch.set_num_threads(1)`` for the scope,
         restored after). Measured on the 2-core development VM: 8 copies of a 48^3 window 668 ms
@@ -971,7 +978,7 @@ class NnUNetModel(Model):
         import torch
 
         threads = torch.get_num_threads()
-        workers = self.views_in_flight()
+        workers = self.views_in_flight(one_view)
         if self.device != "cpu" or workers < 2:
             yield
             return
@@ -992,12 +999,12 @@ class NnUNetModel(Model):
         67 ms one at a time: a batch's feature maps leave the caches), 2 on CUDA."""
         return 1 if self.device == "cpu" else 2
 
-    def views_in_flight(self) -> int:
+    def views_in_flight(self, one_view: bool = False) -> int:
         """Windows or mirrored copies whose activations are alive at once: one per CPU worker thread
         (:meth:`_view_workers`: a thread per core where the cores are no more than the mirrored copies,
         or without TTA no more than :data:`MAX_WINDOW_WORKERS`, and one window's activations are at most
         :data:`WORKER_ACTIVATION_LIMIT`), CUDA's TTA batch, else 1."""
-        if self.one_view:
+        if one_view:
             return 1
         views = self._tta_views()
         if self.device == "cpu":
@@ -1008,6 +1015,24 @@ class NnUNetModel(Model):
                 return 1
             return threads if self._activation_bytes(1) <= WORKER_ACTIVATION_LIMIT else 1
         return self.planned_tta_batch() if views > 1 else 1
+
+
+@dataclasses.dataclass(frozen=True)
+class NnUNetLayout:
+    """How one case runs, decided from its shapes and the host budget (never stored on the model, so a
+    case planned on one thread while another runs cannot change the other's run)."""
+
+    #: the logits stream in first-axis bands (:meth:`NnUNetModel._band_windows`)
+    banded: bool
+    #: one window or mirrored copy at a time (one per core does not fit the host budget)
+    one_view: bool
+    notes: tuple[str, ...]
+    #: the host terms alive together in each step (:meth:`NnUNetModel.memory_phases`)
+    phases: dict[str, dict[str, int]]
+
+
+def _exceeds(phases: dict[str, dict[str, int]], budget: int) -> bool:
+    return max(sum(p.values()) for p in phases.values()) > budget
 
 
 def _source_rows(n_in: int, n_out: int):
