@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +162,12 @@ class MonaiModel(Model):
         return self._memory
 
     def tune_windows(self, roi: tuple[int, ...], max_batch: int) -> tuple[int, bool]:
-        return tune_windows(self.load().network, self.accepts.channels, tuple(roi), max_batch)
+        """Timed on a copy of the network: tuning switches memory layouts, and the pipelined batch plans the
+        next case while the current one runs on the network itself (whose layout :meth:`use_layout` keeps)."""
+        network = self.load().network
+        if isinstance(network, torch.nn.Module) and not isinstance(network, torch.jit.ScriptModule):
+            network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
+        return tune_windows(network, self.accepts.channels, tuple(roi), max_batch)
 
     def use_layout(self, channels_last: bool) -> None:
         want = bool(channels_last)

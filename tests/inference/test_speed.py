@@ -202,3 +202,17 @@ def test_plans_pick_the_fast_allocator_only_with_headroom():
     roomy = int(Est.host_peak * FAST_ALLOCATOR_HEADROOM + FAST_ALLOCATOR_EXTRA)
     assert host_allocator_for(Est(), {"host": roomy}) == "fast"
     assert host_allocator_for(Est(), {"host": roomy - 1}) == "strict"
+
+
+def test_tuning_leaves_the_running_network_and_its_layout_alone(tmp_path):
+    """The pipelined batch plans (and on a new roi times windows) while the current case runs on the network:
+    tuning works on a copy, so the network keeps the layout use_layout gave it."""
+    from medseg.models.registry import open_model
+    from tests.conftest import write_tiny_model
+
+    model = open_model(write_tiny_model(tmp_path / "m"), "cpu").load()
+    model.use_layout(True)
+    weight = next(p for p in model.network.parameters() if p.dim() == 5)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d)
+    model.tune_windows((16, 16, 16), 2)
+    assert weight.is_contiguous(memory_format=torch.channels_last_3d) and model._channels_last
