@@ -184,7 +184,8 @@ def test_convert_dicom_option_on_nifti_is_one_line_exit_1(tmp_path):
 def test_reader_options_decorator_folds_the_flags_into_one_read_options_kwarg():
     import click
 
-    from medseg.cli import handle_errors, reader_options
+    from medseg.cli.app import handle_errors
+    from medseg.cli.options import reader_options
     from medseg.io import ReadOptions
 
     seen = []
