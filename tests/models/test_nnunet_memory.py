@@ -124,9 +124,10 @@ def test_separate_z_scans_keep_the_full_buffer_and_say_so():
 def test_band_streaming_labels_equal_the_full_buffer(tta, folds, monkeypatch):
     """A scan whose first axis takes several window groups and several export chunks (the chunk made small
     so the bands export part by part): every label equal to the full-buffer run."""
-    from medseg.models.nnunet import model as nnunet_model
+    from medseg.models.nnunet import export, windows
 
-    monkeypatch.setattr(nnunet_model, "_export_step", lambda heads, out_shape: 7)
+    for module in (export, windows):  # the streamed export's chunks and the bands' export chunks
+        monkeypatch.setattr(module, "_export_step", lambda heads, out_shape: 7)
     volume = _phantom((40, 36, 100), spacing=(2.4, 2.4, 3.0))  # model grid (100, 29, 32): 4 groups of rows
     model = NnUNetModel(CONFIG, folds=folds, tta=tta).load()
     model.stream_slabs = False
