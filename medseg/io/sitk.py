@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from medseg.errors import InputError
 from medseg.volume import LPS_TO_RAS, Volume
@@ -19,6 +18,8 @@ def is_sitk_image(path: Path) -> bool:
 
 def sitk_to_volume(image, source: str = "<memory>") -> Volume:
     """SimpleITK image -> Volume: array transposed to (i, j, k), affine converted LPS -> RAS."""
+    import SimpleITK as sitk  # on use: only .nrrd/.mha/.mhd need it
+
     dim = image.GetDimension()
     arr = sitk.GetArrayFromImage(image)  # (k, j, i[, c])
     if image.GetNumberOfComponentsPerPixel() > 1:
@@ -38,6 +39,8 @@ def sitk_to_volume(image, source: str = "<memory>") -> Volume:
 
 
 def read_sitk(path: str | Path) -> Volume:
+    import SimpleITK as sitk
+
     path = Path(path)
     try:
         image = sitk.ReadImage(str(path))
