@@ -7,8 +7,8 @@ MONAI, and the out-of-memory fallback, on a real CUDA device. One command, a few
 Rows (MONAI ModelSpecs with random weights: memory and time do not depend on the weights):
   * ``spleen-unet`` (the MONAI spleen bundle's UNet, 2 classes) on a 512x512x200 CT at 0.8x0.8x1.5 mm,
     model grid 1.5 mm, planned for 12 GB and for 24 GB;
-  * ``wholebody-segresnet`` (the whole-body bundle's SegResNet, 105 classes) on a 512x512x600 CT at
-    0.8x0.8x1.5 mm, model grid 1.5 mm (273x273x600: MONAI's full output buffer alone is 18.8 GB), planned for
+  * ``wholebody-segresnet`` (the whole-body bundle's SegResNet, 105 classes) on a 512x512x300 CT at
+    0.8x0.8x1.5 mm, model grid 1.5 mm (273x273x300: MONAI's full output buffer alone is 9.4 GB), planned for
     12 GB and 24 GB;
   * the out-of-memory fallback: the 24 GB plan of the whole-body row run with the process capped at 12 GB
     (``torch.cuda.set_per_process_memory_fraction``): it must finish, re-planned from the slab it reached.
@@ -135,6 +135,9 @@ def run_medseg(spec_path: Path, volume, budget: int, cap: int | None = None) -> 
     fallbacks = [str(w.message) for w in caught if issubclass(w.category, MemoryFallbackWarning)]
     if cap is not None:
         torch.cuda.set_per_process_memory_fraction(1.0)
+    steps = {k: round(float(v), 3) for k, v in out.timings.items()}
+    if cap is None:  # where the time goes: the same windows with a finaliser that drops the planes
+        steps["windows_only"] = windows_only(seg.model, volume, plan)
     row = {
         "fits": result.fits,
         "roi": list(plan.roi_size),
@@ -148,6 +151,7 @@ def run_medseg(spec_path: Path, volume, budget: int, cap: int | None = None) -> 
         "measured_allocated": torch.cuda.max_memory_allocated(),
         "measured_reserved": torch.cuda.max_memory_reserved(),
         "seconds": seconds,
+        "steps": steps,
         "labels_shape": list(out.labels.shape),
         "fallbacks": fallbacks,
         "notes": list(plan.notes),
@@ -155,6 +159,29 @@ def run_medseg(spec_path: Path, volume, budget: int, cap: int | None = None) -> 
     del seg, out
     torch.cuda.empty_cache()
     return row
+
+
+def windows_only(model, volume, plan) -> float:
+    """Seconds of the plan's windows and blending alone: a finaliser that receives the planes and drops them."""
+    import torch
+
+    from medseg.inference.engine import stream_windows
+    from medseg.inference.invert import Finaliser
+
+    class Drop(Finaliser):
+        def push(self, planes, start):
+            pass
+
+        def finish(self):
+            return None
+
+    image, _ = model.prepare(volume)
+    _sync()
+    t = time.perf_counter()
+    with torch.inference_mode():
+        stream_windows(model.forward, image, plan, Drop(), model.spatial_dims)
+    _sync()
+    return round(time.perf_counter() - t, 3)
 
 
 def run_monai(spec_path: Path, volume, roi, batch, overlap) -> dict:
@@ -191,6 +218,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller volumes (a smoke run)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--wholebody-slices", type=int, default=300, help="slices of the whole-body CT [300]")
+    parser.add_argument("--budgets", default="12,24", help="GPU budgets to plan for, GB [12,24]")
     args = parser.parse_args()
     import torch
 
@@ -201,17 +230,17 @@ def main() -> int:
     print(
         f"{gpu.name}, {gpu.total_memory / GiB:.1f} GiB; torch {torch.__version__}; python {platform.python_version()}"
     )
-    shapes = {"spleen-unet": (512, 512, 200), "wholebody-segresnet": (512, 512, 600)}
+    shapes = {"spleen-unet": (512, 512, 200), "wholebody-segresnet": (512, 512, args.wholebody_slices)}
     if args.quick:
-        shapes = {"spleen-unet": (256, 256, 100), "wholebody-segresnet": (256, 256, 200)}
+        shapes = {"spleen-unet": (256, 256, 100), "wholebody-segresnet": (256, 256, 150)}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, shape in shapes.items():
             spec = write_spec(Path(tmp), name)
             volume = ct_volume(shape)
-            cases = [(12, None), (24, None)]
-            if name == "wholebody-segresnet":
-                cases.append((24, 12))  # the 24 GB plan on a GPU capped at 12 GB: the OOM fallback
+            cases = [(int(b), None) for b in args.budgets.split(",")]
+            if name == "wholebody-segresnet":  # first: the 24 GB plan on a GPU capped at 12 GB (the OOM fallback)
+                cases.insert(0, (24, 12))
             for budget, cap in cases:
                 label = f"{name} {'x'.join(map(str, shape))} plan {budget} GB" + (
                     f", GPU capped at {cap} GB" if cap else ""
@@ -248,9 +277,8 @@ def _print(row: dict) -> None:
         f"{g(row['measured_allocated'])}, reserved {g(row['measured_reserved'])}; reserved/predicted allocator part "
         f"{row['measured_reserved'] / max(1, pred - ctx):.2f}"
     )
-    print(
-        f"  medseg {row['seconds']:.2f} s" + (f"; {len(row['fallbacks'])} OOM fallback(s)" if row["fallbacks"] else "")
-    )
+    fallbacks = f"; {len(row['fallbacks'])} OOM fallback(s)" if row["fallbacks"] else ""
+    print(f"  medseg {row['seconds']:.2f} s{fallbacks}; steps {row['steps']}")
     for message in row["fallbacks"][:3]:
         print(f"    fallback: {message[:200]}")
     if "monai" in row:
