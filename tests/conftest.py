@@ -1,4 +1,4 @@
-"""Shared fixtures: real data from ../shared/data, phantoms, and a tiny model with random weights."""
+"""Shared fixtures: real data from tests/data, phantoms, and a tiny model with random weights."""
 
 from __future__ import annotations
 
@@ -44,24 +44,10 @@ def session_cache_home() -> Path:
     return _CACHE_HOME
 
 
-def _find_shared_data() -> Path | None:
-    """``shared/data`` beside the checkout (``../shared/data``), as laid out for developers and CI."""
-    for base in (ROOT.parent, *ROOT.parent.parents):
-        candidate = base / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data`` beside the checkout. Under CI its absence is a failure, not a skip."""
-    found = _find_shared_data()
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail("../shared/data (real test scans) is missing on CI")
-        pytest.skip("../shared/data not found")
-    return found
+def test_data() -> Path:
+    """``tests/data``: the real scans the tests read, cut-down copies (its README.md says of what and how)."""
+    return ROOT / "tests" / "data"
 
 
 def _cpu_bf16_problem() -> str | None:

@@ -1,4 +1,5 @@
-"""`medseg infer` with the default model on real files written by others.
+"""`medseg infer` with the default model on real files written by others (tests/data: some are blocks cut
+from upstream's files, with their headers' geometry codes kept).
 
 The default model (``ct-anatomy``) is a CT model, so it refuses these MR scans unless
 ``--force-modality`` is given; forced, its labels mean nothing, and what is checked is what must
@@ -18,7 +19,7 @@ GEOMETRY_CASES = {
     "las-big-endian": "nifti/nibabel/tests_data/anatomical.nii",
     "ras-sform-only-mni": "nifti/nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "rotated-float-big-endian": "dicom/monai_testing_data/reoriented_anat_moved.nii",
-    "ras-siemens-t1-dcm2niix": "dicom/dcm2niix_qa/dcm_qa_frag/Ref/anat-T1w_acq-tfl_5001.nii",
+    "ras-siemens-t1-dcm2niix": "dicom/dcm2niix_qa/dcm_qa_frag/Ref/anat-T1w_acq-tfl_5001.nii",  # 3 of 96 slices
     "double-oblique-hitachi-pil": "dicom/dicom2nifti/tests_data/hitachi/anatomical/001_ground_truth.nii.gz",
     "coronal-philips-lip": "dicom/dicom2nifti/tests_data/philips/anatomical/001_ground_truth.nii.gz",
     "oblique-anisotropic-lps-float64": (
@@ -32,8 +33,8 @@ GEOMETRY_CASES = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(GEOMETRY_CASES))
-def test_infer_on_real_nifti_keeps_exact_geometry(shared_data, tmp_path, case):
-    src = shared_data / GEOMETRY_CASES[case]
+def test_infer_on_real_nifti_keeps_exact_geometry(test_data, tmp_path, case):
+    src = test_data / GEOMETRY_CASES[case]
     out = tmp_path / "labels.nii.gz"
     refused = CliRunner().invoke(main, ["infer", str(src), "-o", str(out), "--device", "cpu", "-q"])
     assert refused.exit_code == 1 and "needs CT in Hounsfield units" in refused.stderr and not out.exists()
@@ -56,13 +57,13 @@ def test_infer_on_real_nifti_keeps_exact_geometry(shared_data, tmp_path, case):
 @pytest.mark.parametrize(
     "rel, expected",
     [
-        ("dicom/dcm2niix_qa/dcm_qa/Ref/cor_asc_36sl_13.nii", "2 volumes"),
+        ("dicom/dcm2niix_qa/dcm_qa/Ref/ax_asc_35sl_6.nii.gz", "2 volumes"),
         ("nifti/nibabel/tests_data/functional.nii", "20 volumes"),
         ("dicom/dicom2nifti/tests_data/generic/rgb/001_ground_truth.nii.gz", "voxel type"),
     ],
 )
-def test_real_files_medseg_must_refuse(shared_data, tmp_path, rel, expected):
-    src = shared_data / rel
+def test_real_files_medseg_must_refuse(test_data, tmp_path, rel, expected):
+    src = test_data / rel
     result = CliRunner().invoke(main, ["infer", str(src), "-o", str(tmp_path / "x.nii.gz"), "--device", "cpu"])
     assert result.exit_code == 1
     assert expected in result.stderr and src.name in result.stderr

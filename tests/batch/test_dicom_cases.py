@@ -12,11 +12,11 @@ from medseg.cli import main
 from medseg.io import read_volume
 
 
-def _cohort(shared_data, phantom_bank, tmp_path):
+def _cohort(test_data, phantom_bank, tmp_path):
     cohort = tmp_path / "cohort"
     cohort.mkdir()
     shutil.copy(phantom_bank / "p0.nii.gz", cohort / "ct.nii.gz")
-    d2n = shared_data / "dicom/dicom2nifti/tests_data"
+    d2n = test_data / "dicom/dicom2nifti/tests_data"
     # one series in a folder (Siemens MR, 4 slices); two series saved into one folder (Siemens, Hitachi)
     shutil.copytree(d2n / "siemens/anatomical/001", cohort / "siemens")
     (cohort / "mixed").mkdir()
@@ -24,12 +24,12 @@ def _cohort(shared_data, phantom_bank, tmp_path):
         for f in (d2n / vendor / "anatomical/001").iterdir():
             shutil.copy(f, cohort / "mixed" / f"{vendor}_{f.name}")
     # a folder of localizers only: one case that fails with the reader's reason
-    shutil.copytree(shared_data / "dicom/pydicom_testfiles/dicomdirtests/98892003/MR2", cohort / "localizers")
+    shutil.copytree(test_data / "dicom/pydicom_testfiles/dicomdirtests/98892003/MR2", cohort / "localizers")
     return cohort
 
 
-def test_discovery_gives_one_case_per_series(shared_data, phantom_bank, tmp_path):
-    cases = discover_cases(_cohort(shared_data, phantom_bank, tmp_path))
+def test_discovery_gives_one_case_per_series(test_data, phantom_bank, tmp_path):
+    cases = discover_cases(_cohort(test_data, phantom_bank, tmp_path))
     ids = [c.case_id for c in cases]
     assert "ct" in ids and "siemens" in ids
     mixed = [c for c in cases if c.case_id.startswith("mixed/")]
@@ -39,8 +39,8 @@ def test_discovery_gives_one_case_per_series(shared_data, phantom_bank, tmp_path
     assert len(uids) == len(mixed)
 
 
-def test_batch_segments_dicom_series_on_their_grid(shared_data, phantom_bank, batch_model, tmp_path):
-    cohort = _cohort(shared_data, phantom_bank, tmp_path)
+def test_batch_segments_dicom_series_on_their_grid(test_data, phantom_bank, batch_model, tmp_path):
+    cohort = _cohort(test_data, phantom_bank, tmp_path)
     out = tmp_path / "out"
     result = CliRunner().invoke(
         main, ["batch", str(cohort), "-o", str(out), "--model", str(batch_model), "--device", "cpu", "-q"]

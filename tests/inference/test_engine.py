@@ -137,11 +137,11 @@ def _streamed_labels(net, volume, spec, plan):
 
 
 @pytest.mark.slow
-def test_real_ct_labels_agree_with_monai(shared_data):
+def test_real_ct_labels_agree_with_monai(test_data):
     """Real 512x512 CT slices (lungmask test data), resampled to a coarse grid and back."""
     from medseg.io import read_volume
 
-    volume = read_volume(shared_data / "dicom" / "lungmask_testdata")
+    volume = read_volume(test_data / "dicom" / "lungmask_testdata")
     spec = _spec(spacing=(1.5, 1.5, 0.25), orientation="LPS", roi=(32, 32, 4), out=6)
     net = _unet(out_channels=6)
     torch.nn.init.normal_(net.model[0].conv.weight, std=2.0)  # make random logits depend on the anatomy
@@ -154,13 +154,14 @@ def test_real_ct_labels_agree_with_monai(shared_data):
 
 
 @pytest.mark.slow
-def test_real_ct_series_through_the_pipeline(shared_data, tmp_path):
-    """dcmqi's real GE CT (3 slices of 512x512, FFS) through Segmenter, streaming vs MONAI."""
+def test_real_ct_series_through_the_pipeline(test_data, tmp_path):
+    """dcmqi's real GE CT (3 slices, FFS; 4x downsampled to 128x128 in tests/data) through Segmenter, streaming
+    vs MONAI."""
     from medseg.inference.pipeline import Segmenter
     from medseg.io import read_volume
     from tests.conftest import write_tiny_model
 
-    src = shared_data / "dicom" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
+    src = test_data / "dicom" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
     volume = read_volume(src)
     seg = Segmenter(write_tiny_model(tmp_path, out_channels=4, spacing=(0.5, 0.5, 1.0), roi=[16, 16, 16]), "cpu")
     plan = seg.plan_for(volume).replace(slab_depth=1)

@@ -1,7 +1,9 @@
 """Seeded mutators for the reader fuzz suite (``test_fuzz_readers.py``).
 
-Base files are real scans from ``../shared/data``, cut down to about 32^3 and written back in their
-own format (nibabel for NIfTI, SimpleITK for NRRD, pydicom for DICOM) so every input runs fast.
+Base files are real scans from ``tests/data`` and ``sample_data``, cut down to about 32^3 and written back in
+their own format (nibabel for NIfTI, SimpleITK for NRRD, pydicom for DICOM) so every input runs fast. The crops
+are the same voxels as before those files were vendored into the repository cut down themselves (the offsets
+below are relative to the vendored blocks; see tests/data/vendor.py).
 Each fuzz input is one base with 1-3 mutations drawn from a ``numpy.random.Generator`` seeded
 with ``(seed, kind, index)``: any single input can be rebuilt from those three numbers.
 
@@ -22,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 KINDS = ("nifti", "nrrd", "dicom")
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_data"
 
 
 @dataclass
@@ -84,21 +88,22 @@ def _nifti_base(name: str, img, crop) -> NiftiBase:
     return NiftiBase(name, header, raw)
 
 
-def nifti_bases(shared_data: Path) -> list[NiftiBase]:
+def nifti_bases(test_data: Path) -> list[NiftiBase]:
     import nibabel as nib
     import SimpleITK as sitk
 
     bases = []
-    anat = nib.load(str(shared_data / "nifti/nibabel/tests_data/anatomical.nii"))  # >i2, LAS, q=s=2
+    anat = nib.load(str(test_data / "nifti/nibabel/tests_data/anatomical.nii"))  # >i2, LAS, q=s=2
     bases.append(_nifti_base("anatomical", anat, (slice(0, 32), slice(4, 36), slice(None))))
-    mni = nib.load(str(shared_data / "nifti/nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
-    bases.append(_nifti_base("mni152", mni, (slice(80, 112), slice(100, 132), slice(80, 112))))  # uint8, sform only
-    nii2 = nib.load(str(shared_data / "nifti/nibabel/tests_data/example_nifti2.nii.gz"))
+    # uint8, sform only; the template's block 72:120, 92:140, 72:120, so this is its 80:112, 100:132, 80:112
+    mni = nib.load(str(test_data / "nifti/nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"))
+    bases.append(_nifti_base("mni152", mni, (slice(8, 40), slice(8, 40), slice(8, 40))))
+    nii2 = nib.load(str(test_data / "nifti/nibabel/tests_data/example_nifti2.nii.gz"))
     bases.append(_nifti_base("nifti2", nii2, (slice(None), slice(None), slice(None), slice(0, 1))))  # 4D, t=1
-    moved = nib.load(str(shared_data / "dicom/monai_testing_data/reoriented_anat_moved.nii"))  # >f4, rotated
+    moved = nib.load(str(test_data / "dicom/monai_testing_data/reoriented_anat_moved.nii"))  # >f4, rotated
     bases.append(_nifti_base("rotated", moved, (slice(None), slice(None), slice(None))))
     # a CT in HU: the chest CT of ct-64.nrrd as int16 NIfTI (qform and sform 1)
-    ct = sitk.ReadImage(str(shared_data / "ct/chestimagingplatform/ct-64.nrrd"))[16:48, 16:48, 30:54]
+    ct = sitk.ReadImage(str(test_data / "ct/chestimagingplatform/ct-64.nrrd"))[16:48, 16:48, 30:54]
     arr = np.transpose(sitk.GetArrayFromImage(ct), (2, 1, 0)).astype(np.int16)
     aff = np.eye(4)
     flip = np.diag([-1.0, -1.0, 1.0])
@@ -329,19 +334,20 @@ def _nrrd_parse(blob: bytes, name: str) -> NrrdBase:
     return NrrdBase(name, lines[0], fields, data)
 
 
-def nrrd_bases(shared_data: Path, folder: Path) -> list[NrrdBase]:
+def nrrd_bases(test_data: Path, folder: Path) -> list[NrrdBase]:
     import SimpleITK as sitk
 
-    cip = shared_data / "ct/chestimagingplatform"
+    cip = test_data / "ct/chestimagingplatform"
     plan = [
-        ("ct64", "ct-64.nrrd", (slice(16, 48), slice(16, 48), slice(30, 62)), True),
-        ("ct64-rotated", "ct-64-transformed.nrrd", (slice(16, 48), slice(16, 48), slice(30, 54)), False),
-        ("testinput", "TestInput.nrrd", (slice(16, 48), slice(16, 48), slice(10, 40)), True),
-        ("crop2slices", "crop_ct_2slices.nrrd", (slice(200, 232), slice(150, 182), slice(None)), False),
+        ("ct64", cip / "ct-64.nrrd", (slice(16, 48), slice(16, 48), slice(30, 62)), True),
+        ("ct64-rotated", cip / "ct-64-transformed.nrrd", (slice(16, 48), slice(16, 48), slice(30, 54)), False),
+        # CIP's TestInput.nrrd, as the sample data's NIfTI (same voxels and geometry)
+        ("testinput", SAMPLE / "chest_ct.nii.gz", (slice(16, 48), slice(16, 48), slice(10, 40)), True),
+        ("crop2slices", cip / "crop_ct_2slices.nrrd", (slice(200, 232), slice(150, 182), slice(None)), False),
     ]
     bases = []
-    for name, rel, crop, compress in plan:
-        image = sitk.ReadImage(str(cip / rel))[crop]
+    for name, path, crop, compress in plan:
+        image = sitk.ReadImage(str(path))[crop]
         path = folder / f"{name}.nrrd"
         sitk.WriteImage(image, str(path), compress)
         bases.append(_nrrd_parse(path.read_bytes(), name))
@@ -554,23 +560,25 @@ def _crop_dicom(ds, r0: int, c0: int, n: int):
     return ds
 
 
-def dicom_bases(shared_data: Path) -> list[DicomBase]:
+def dicom_bases(test_data: Path) -> list[DicomBase]:
     import pydicom
 
+    d2n = test_data / "dicom/dicom2nifti/tests_data"
     plan = [
-        ("ct64", shared_data / "ct/chestimagingplatform/ct-64Dicom", [f"IMG{i:04d}.dcm" for i in range(30, 38)], 16),
-        ("sts025", shared_data / "ct/ibsi_validation/STS_025/CT/image", [f"{i:06d}.dcm" for i in range(10, 18)], 50),
-        ("hitachi-oblique", shared_data / "dicom/dicom2nifti/tests_data/hitachi/anatomical/001", None, 16),
-        ("siemens-mr", shared_data / "dicom/dicom2nifti/tests_data/siemens/anatomical/001", None, 110),
+        ("ct64", SAMPLE / "chest_ct_dicom", [f"IMG{i:04d}.dcm" for i in range(30, 38)], 16),  # CIP's ct-64Dicom
+        ("sts025", test_data / "ct/ibsi_validation/STS_025/CT/image", [f"{i:06d}.dcm" for i in range(10, 18)], 50),
+        ("hitachi-oblique", d2n / "hitachi/anatomical/001", None, 16),
+        ("siemens-mr", d2n / "siemens/anatomical/001", None, 14),  # rows/columns 96:160 of 256: upstream's 110
     ]
     bases = []
     for name, folder, names, start in plan:
         files = [folder / n for n in names] if names else sorted(folder.glob("*.dcm"))
         datasets = [_crop_dicom(pydicom.dcmread(str(f)), start, start, 32) for f in files]
         bases.append(DicomBase(name, datasets))
-    # an enhanced MR object (8 frames, per-frame positions in functional groups), cut to 48x48
-    enhanced = shared_data / "dicom/dicom2nifti/tests_data/hyperfine/anatomical/001/001.dcm"
-    bases.append(DicomBase("hyperfine-enhanced", [_crop_enhanced(pydicom.dcmread(str(enhanced)), 40, 30, 48)]))
+    # an enhanced MR object (8 frames, per-frame positions in functional groups), cut to 48x48 (rows 32:96 and
+    # columns 24:88 of upstream's in tests/data, so this is upstream's 40:88, 30:78)
+    enhanced = d2n / "hyperfine/anatomical/001/001.dcm"
+    bases.append(DicomBase("hyperfine-enhanced", [_crop_enhanced(pydicom.dcmread(str(enhanced)), 8, 6, 48)]))
     return bases
 
 

@@ -1,8 +1,10 @@
 """DICOM series in: geometry against converters written by others, and the expected refusals.
 
-References (see ../shared/data/README.md): dicom2nifti's ground-truth NIfTI and dcm2niix's ``Ref/``
+References (tests/data, see its README.md): dicom2nifti's ground-truth NIfTI and dcm2niix's ``Ref/``
 output. Both are compared in world space: each image is brought to the closest canonical (RAS)
-orientation, then the affines must agree within 1e-3 mm and the voxel values must agree.
+orientation, then the affines must agree within 1e-3 mm and the voxel values must agree. Most series
+are cut down there (cropped in-plane, fewer slices or volumes); each cut reference is the block of
+upstream's file that the converter itself writes for the cut series.
 """
 
 from __future__ import annotations
@@ -21,6 +23,12 @@ from medseg.io.dicom import DicomWarning, read_dicom, scan_dicom
 from medseg.io.dicom_geometry import analyze_stack, untilt
 
 AFFINE_TOL_MM = 1e-3
+ROOT = Path(__file__).resolve().parents[2]
+#: the CIP chest CT series (ct-64Dicom upstream), shipped as sample data
+CT64_DICOM = ROOT / "sample_data" / "chest_ct_dicom"
+#: dcmqi's GE CT (3 slices of 512 x 512 upstream, 4x downsampled in tests/data)
+CT_3SLICE = "dcmqi/data/segmentations/ct-3slice"
+CT_3SLICE_SHAPE = (128, 128, 3)
 
 D2N_CASES = [
     "anatomical/001",
@@ -30,8 +38,7 @@ D2N_CASES = [
     "generic/anatomical/001",
     "generic/anatomical/001_implicit",
     "generic/anatomical/002_non_isotropic",
-    "generic/compressed/001",
-    "generic/compressed_j2k/001",
+    "generic/compressed_j2k/001",  # upstream's generic/compressed/001 holds the same files, byte for byte
     "generic/compressed_jpeg/001",
     "generic/compressed_jpegls/001",
     "generic/compressed_rle/001",
@@ -52,6 +59,10 @@ D2N_CASES = [
 def _canonical(data: np.ndarray, affine: np.ndarray):
     img = nib.as_closest_canonical(nib.Nifti1Image(data, affine))
     return np.asanyarray(img.dataobj), img.affine
+
+
+#: upstream's compressed cases have one ground truth (five byte-identical files); tests/data keeps one
+COMPRESSED_TRUTH = "generic/compressed_j2k/001_ground_truth.nii.gz"
 
 
 def _ref(path: Path):
@@ -78,13 +89,13 @@ def _read(path, **kw):
 
 
 @pytest.fixture(scope="module")
-def d2n(shared_data) -> Path:
-    return shared_data / "dicom" / "dicom2nifti" / "tests_data"
+def d2n(test_data) -> Path:
+    return test_data / "dicom" / "dicom2nifti" / "tests_data"
 
 
 @pytest.fixture(scope="module")
-def qa(shared_data) -> Path:
-    return shared_data / "dicom" / "dcm2niix_qa"
+def qa(test_data) -> Path:
+    return test_data / "dicom" / "dcm2niix_qa"
 
 
 # --- references: dicom2nifti (GE, Siemens, Philips, Hitachi, Hyperfine; compressed; enhanced) -----
@@ -94,7 +105,7 @@ def qa(shared_data) -> Path:
 def test_matches_dicom2nifti_ground_truth(d2n, case):
     volume = read_volume(d2n / case)  # through the registry, as `infer` reads it
     assert volume.meta["reader"] == "dicom"
-    data, affine = _ref(d2n / f"{case}_ground_truth.nii.gz")
+    data, affine = _ref(d2n / (COMPRESSED_TRUTH if "/compressed" in case else f"{case}_ground_truth.nii.gz"))
     # Philips stores float display values (RescaleSlope); dicom2nifti writes them as float32 too
     assert_matches(volume, data, affine, atol=1e-3 if data.dtype.kind == "f" else 0)
 
@@ -104,48 +115,44 @@ def test_matches_dicom2nifti_ground_truth(d2n, case):
 
 @pytest.mark.parametrize("ts", range(1, 10))
 def test_mosaic_in_nine_transfer_syntaxes_matches_dcm2niix(qa, ts):
-    """Siemens mosaic, demosaiced; Explicit/Implicit/BigEndian, RLE, JPEG-LL, JPEG-LS, J2K."""
+    """Siemens mosaic, demosaiced; Explicit/Implicit/BigEndian, RLE, JPEG-LL, JPEG-LS, J2K. dcm2niix's nine
+    references are one file (byte-identical upstream), kept once."""
     volume = _read(qa / "dcm_qa_ts" / "In" / f"{ts}.dcm")  # one file: its own series number
     assert volume.shape == (64, 64, 35)
-    assert_matches(volume, *_ref(qa / "dcm_qa_ts" / "Ref" / f"{ts}.nii"))
+    assert_matches(volume, *_ref(qa / "dcm_qa_ts" / "Ref" / "1.nii.gz"))
 
 
-@pytest.mark.parametrize(
-    "folder,ref",
-    [
-        ("ax/axasc35", "ax_asc_35sl_6"),
-        ("ax/axasc36", "ax_asc_36sl_9"),
-        ("cor/corasc36", "cor_asc_36sl_13"),
-        ("sag/sagasc36", "sag_asc_36sl_19"),
-        ("axmb/AxAsc36mb2a", "fMRI_MB_asc_25"),
-        ("axmb/AxInt36mb", "fMRI_MB_int_26"),
-    ],
-)
-def test_mosaic_time_series_matches_dcm2niix(qa, folder, ref):
-    """Oblique mosaics in 3 planes (2 volumes each, so 4D); axmb is JPEG-lossless/J2K; a stray .nii is skipped."""
-    volume = _read(qa / "dcm_qa" / "In" / "Orientation" / folder)
+def test_mosaic_time_series_matches_dcm2niix(qa):
+    """An oblique axial mosaic series (2 volumes, so 4D) with a stray .nii among its files, which is skipped.
+
+    Upstream's other five series (coronal, sagittal, multiband JPEG-lossless/J2K) are left out of tests/data
+    for size; benchmarks/dcm2niix_grouping.py compares medseg with dcm2niix on all of them."""
+    volume = _read(qa / "dcm_qa" / "In" / "Orientation" / "ax" / "axasc35")
     assert volume.array.ndim == 4 and volume.array.shape[3] == 2
-    assert_matches(volume, *_ref(qa / "dcm_qa" / "Ref" / f"{ref}.nii"))
+    assert_matches(volume, *_ref(qa / "dcm_qa" / "Ref" / "ax_asc_35sl_6.nii.gz"))
 
 
 def test_ge_multi_volume_series_is_split_not_stacked(qa):
-    """150 files = 15 slices x 10 volumes in one folder: 4D like dcm2niix, not 150 slices at 0.47 mm."""
+    """16 files = 8 slices x 2 volumes in one folder (cut from upstream's 15 x 10): 4D like dcm2niix, not one
+    stack of 16 slices."""
     volume = _read(qa / "dcm_qa_nih" / "In")
-    assert volume.array.shape == (64, 64, 15, 10)
+    assert volume.array.shape == (64, 64, 8, 2)
     assert_matches(volume, *_ref(qa / "dcm_qa_nih" / "Ref" / "DCM2NIIX_regression_test_4.nii"))
 
 
 def test_siemens_xa_enhanced_4d_matches_dcm2niix(qa):
+    """One enhanced file per volume (the first 2 of upstream's 4)."""
     volume = _read(qa / "dcm_qa_enh" / "In" / "Siemens")
-    assert volume.array.shape == (64, 64, 6, 4)
+    assert volume.array.shape == (64, 64, 6, 2)
     assert_matches(volume, *_ref(qa / "dcm_qa_enh" / "Ref" / "Siemens_REST1_w_SMS_PF7-8_6.nii"))
 
 
 def test_fragmented_jpeg_lossless_matches_dcm2niix_and_every_slice_position(qa):
-    """dcm2niix takes the slice spacing from the first two slices (2.0001 mm); we fit all 96 (2.000001 mm).
+    """3 of the 96 sagittal slices (the files as they are). dcm2niix took the slice spacing of its reference from
+    the first two of the 96 (2.0001 mm); we fit the positions (2.000001 mm).
 
-    Its affine is therefore 1e-4 mm/slice off ours, 0.01 mm at the last slice; ours puts every slice
-    exactly at its ImagePositionPatient, which is checked here to 1e-3 mm.
+    Its affine is therefore 1e-4 mm/slice off ours, 0.005 mm at these slices (47-49) and 0.01 mm at the last of
+    the 96; ours puts every slice exactly at its ImagePositionPatient, which is checked here to 1e-3 mm.
     """
     folder = qa / "dcm_qa_frag" / "In"
     volume = _read(folder)
@@ -171,7 +178,7 @@ def _philips_precise_factor(path: Path, frame: int | None = None) -> float:
 
 
 def test_philips_field_map_splits_into_magnitude_and_hz_like_dcm2niix(qa):
-    """One enhanced file, 64 frames = 2 image types x 32 slices: two stacks, not one 2-volume stack.
+    """One enhanced file, 16 frames = 2 image types x 8 slices (cut from 32): two stacks, not one 2-volume stack.
 
     dcm2niix writes the magnitude with Philips' private 'precise' scaling; medseg keeps the DICOM
     display values (RescaleSlope/Intercept), so the magnitude is compared after applying that factor.
@@ -192,10 +199,11 @@ def test_philips_field_map_splits_into_magnitude_and_hz_like_dcm2niix(qa):
 
 @pytest.mark.parametrize("variant", ["cl", "enh"])
 def test_philips_pcasl_classic_and_enhanced_give_dcm2niix_4d(qa, variant):
-    """240 gzipped images (or one 240-frame file) = 40 slices x 6 volumes, in dcm2niix's volume order."""
+    """18 gzipped images (or one 18-frame file) = 3 slices x 6 volumes (cut from 40 slices), in dcm2niix's volume
+    order."""
     folder = qa / "dcm_qa_philips_enh" / "In" / variant
     volume = _read(folder)
-    assert volume.array.shape == (96, 96, 40, 6)
+    assert volume.array.shape == (96, 96, 3, 6)
     first = sorted(folder.iterdir())[0]
     factor = _philips_precise_factor(first, frame=0 if variant == "enh" else None)
     scaled = volume.with_array(volume.array * factor)
@@ -223,7 +231,7 @@ def test_missing_slice_is_an_error_unless_resampled(d2n):
     assert "not uniform (gaps 5, 10 mm" in _error(folder)
     with pytest.warns(DicomWarning, match="interpolated onto 5 slices 5 mm apart"):
         volume = read_dicom(folder, resample_irregular=True)
-    assert volume.shape == (512, 512, 5)
+    assert volume.shape == (128, 128, 5)  # cropped in-plane from 512 x 512 in tests/data
     assert volume.spacing[2] == pytest.approx(5.0, abs=1e-4)
     raw = np.sort([_slice_z(f) for f in sorted(folder.iterdir())])
     np.testing.assert_allclose(volume.affine[2, 3], raw[0], atol=AFFINE_TOL_MM)  # axial: k grows superior
@@ -253,13 +261,13 @@ def test_two_orientations_in_one_series_are_two_stacks_and_ambiguous(d2n):
     assert "2 series that could be the scan" in message and "#1" in message and "#2" in message
 
 
-def test_single_2d_image_colour_and_non_image_objects_are_refused(shared_data, d2n):
+def test_single_2d_image_colour_and_non_image_objects_are_refused(test_data, d2n):
     assert "single 2D image" in _error(d2n / "ge/anatomical/001_single_slice")
     assert "colour image" in _error(d2n / "generic/rgb/001")
-    testfiles = shared_data / "dicom" / "pydicom_testfiles"
+    testfiles = test_data / "dicom" / "pydicom_testfiles"
     assert "single 2D image" in _error(testfiles / "CT_small.dcm")
     assert "radiotherapy object, not an image volume" in _error(testfiles / "rtstruct.dcm")
-    seg = shared_data / "dicom" / "pydicom_data" / "data_store" / "liver.dcm"
+    seg = test_data / "dicom" / "pydicom_data" / "data_store" / "liver.dcm"
     assert "segmentation" in _error(seg)
 
 
@@ -275,16 +283,16 @@ def test_folder_of_unrelated_files_and_truncated_file(tmp_path, d2n):
     assert victim.name in message and ("cannot decode" in message or "cannot read" in message)
 
 
-def test_primary_series_is_picked_and_named_when_the_others_are_not_volumes(tmp_path, shared_data, d2n):
+def test_primary_series_is_picked_and_named_when_the_others_are_not_volumes(tmp_path, test_data, d2n):
     shutil.copytree(d2n / "hitachi/anatomical/001", tmp_path / "t2")
-    shutil.copy(shared_data / "dicom" / "pydicom_testfiles" / "CT_small.dcm", tmp_path / "scout.dcm")
+    shutil.copy(test_data / "dicom" / "pydicom_testfiles" / "CT_small.dcm", tmp_path / "scout.dcm")
     with pytest.warns(DicomWarning, match="using series .* 1 other stack"):
         volume = read_dicom(tmp_path)
     assert volume.shape == (64, 64, 4) and volume.meta["dicom"]["series_number"] is not None
 
 
-def test_ambiguous_folder_lists_candidates_and_series_picks_one(shared_data):
-    root = shared_data / "dicom" / "pydicom_testfiles" / "dicomdirtests"
+def test_ambiguous_folder_lists_candidates_and_series_picks_one(test_data):
+    root = test_data / "dicom" / "pydicom_testfiles" / "dicomdirtests"
     message = _error(root)
     assert "could be the scan; choose one with --series" in message
     uid = "1.3.6.1.4.1.5962.1.1.0.0.0.1194734704.16302.0.6"
@@ -296,7 +304,7 @@ def test_ambiguous_folder_lists_candidates_and_series_picks_one(shared_data):
 
 def test_one_file_reads_its_whole_series(d2n):
     volume = _read(d2n / "siemens/anatomical/001/IM-0001-0113-0001.dcm")
-    assert volume.shape == (256, 256, 4)
+    assert volume.shape == (64, 64, 4)  # cropped in-plane from 256 x 256 in tests/data
 
 
 def test_slice_order_ignores_file_names_and_instance_numbers(tmp_path, d2n):
@@ -373,22 +381,22 @@ def test_analyze_stack_groups_volumes_and_detects_gaps():
 @pytest.mark.parametrize(
     "relative,shape",
     [
-        ("dcmqi/data/segmentations/ct-3slice", (512, 512, 3)),  # GE CT, FFS
+        (CT_3SLICE, CT_3SLICE_SHAPE),  # GE CT, FFS
         ("lungmask_testdata", (512, 512, 2)),  # CT with an empty Modality tag
-        ("pydicom_data/data_store/eCT_Supplemental.dcm", (512, 512, 2)),  # enhanced CT
+        ("pydicom_data/data_store/eCT_Supplemental.dcm", (128, 128, 2)),  # enhanced CT (cropped from 512 x 512)
         ("pydicom_testfiles/dicomdirtests/98892001/CT5N", (16, 16, 5)),
     ],
 )
-def test_other_sources_load(shared_data, relative, shape):
-    volume = _read(shared_data / "dicom" / relative)
+def test_other_sources_load(test_data, relative, shape):
+    volume = _read(test_data / "dicom" / relative)
     assert volume.shape == shape
     assert volume.meta["dicom"]["files"]
 
 
-def test_ct_values_are_hounsfield(shared_data):
+def test_ct_values_are_hounsfield(test_data):
     import pydicom
 
-    folder = shared_data / "dicom" / "dcmqi/data/segmentations/ct-3slice"
+    folder = test_data / "dicom" / CT_3SLICE
     volume = _read(folder)
     assert volume.array.dtype == np.int16
     for frame in volume.meta["dicom"]["frames"]:
@@ -401,11 +409,11 @@ def test_ct_values_are_hounsfield(shared_data):
     assert np.mean((inside > -100) & (inside < 100)) > 0.05  # soft tissue
 
 
-def test_series_listing_hides_patient_identity(shared_data):
-    scan = scan_dicom(shared_data / "dicom" / "dcmqi" / "data" / "segmentations" / "ct-3slice")
+def test_series_listing_hides_patient_identity(test_data):
+    scan = scan_dicom(test_data / "dicom" / CT_3SLICE)
     row = scan.stacks[0].summary()
     assert "patient_name" not in row and "patient_id" not in row
-    assert row["matrix"] == [512, 512, 3] and row["orientation"] == "LPS" and row["problem"] is None
+    assert row["matrix"] == list(CT_3SLICE_SHAPE) and row["orientation"] == "LPS" and row["problem"] is None
     assert "patient_name" in scan.stacks[0].summary(show_patient=True)
 
 
@@ -445,41 +453,41 @@ def _anonymised(source: Path, target: Path, how: str) -> Path:
         "dicom2nifti/tests_data/siemens/anatomical/001",
         "dicom2nifti/tests_data/philips/anatomical/001",
         "dicom2nifti/tests_data/generic/compressed_j2k/001",
-        "dcmqi/data/segmentations/ct-3slice",
+        CT_3SLICE,
         "dcm2niix_qa/dcm_qa_nih/In",  # GE MR
         "dcm2niix_qa/dcm_qa_enh/In/Siemens",  # enhanced multi-frame
         "dcm2niix_qa/dcm_qa_ts/In/3.dcm",  # Siemens mosaic
     ],
 )
-def test_anonymised_series_read_as_the_original(shared_data, tmp_path, relative, how):
+def test_anonymised_series_read_as_the_original(test_data, tmp_path, relative, how):
     """An anonymiser that blanks SOPInstanceUID used to collapse a series to its first slice (every
     image looked like a copy of it); duplicates are now found by content, grouping by what the files
     share."""
-    original = _read(shared_data / "dicom" / relative)
-    anonymised = _read(_anonymised(shared_data / "dicom" / relative, tmp_path / "anon", how))
+    original = _read(test_data / "dicom" / relative)
+    anonymised = _read(_anonymised(test_data / "dicom" / relative, tmp_path / "anon", how))
     assert anonymised.shape == original.shape
     np.testing.assert_allclose(anonymised.affine, original.affine, atol=1e-6)
     np.testing.assert_array_equal(anonymised.array, original.array)
 
 
-def test_a_file_saved_twice_without_uids_is_one_image(shared_data, tmp_path):
-    folder = _anonymised(shared_data / "dicom" / "dcmqi/data/segmentations/ct-3slice", tmp_path / "anon", "blank")
+def test_a_file_saved_twice_without_uids_is_one_image(test_data, tmp_path):
+    folder = _anonymised(test_data / "dicom" / CT_3SLICE, tmp_path / "anon", "blank")
     first = sorted(folder.iterdir())[0]
     shutil.copy(first, folder / "copy_of_first.dcm")
-    assert _read(folder).shape == (512, 512, 3)
+    assert _read(folder).shape == CT_3SLICE_SHAPE
 
 
-def test_a_trailing_add_in_image_type_does_not_split_a_series(shared_data, tmp_path):
+def test_a_trailing_add_in_image_type_does_not_split_a_series(test_data, tmp_path):
     """GE marks some slices ORIGINAL\\PRIMARY\\AXIAL\\ADD beside ORIGINAL\\PRIMARY\\AXIAL: one series."""
     import pydicom
 
-    source = shared_data / "dicom" / "dcmqi/data/segmentations/ct-3slice"
+    source = test_data / "dicom" / CT_3SLICE
     shutil.copytree(source, tmp_path / "ge")
     files = sorted((tmp_path / "ge").iterdir())
     ds = pydicom.dcmread(files[0])
     ds.ImageType = list(ds.ImageType)[:3] + ["ADD"]
     ds.save_as(files[0])
-    assert _read(tmp_path / "ge").shape == (512, 512, 3)
+    assert _read(tmp_path / "ge").shape == CT_3SLICE_SHAPE
     ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # a derived image still splits
     ds.save_as(files[0])
     assert len(scan_dicom(tmp_path / "ge").stacks) == 2
@@ -488,8 +496,8 @@ def test_a_trailing_add_in_image_type_does_not_split_a_series(shared_data, tmp_p
 # --- found by the reader fuzz (tests/io/test_fuzz_readers.py) ------------------------------------
 
 
-def _ct_slices(shared_data, tmp_path, n: int = 4) -> list[Path]:
-    source = shared_data / "ct/chestimagingplatform/ct-64Dicom"
+def _ct_slices(tmp_path, n: int = 4) -> list[Path]:
+    source = CT64_DICOM
     folder = tmp_path / "ct"
     folder.mkdir()
     for name in [f"IMG{i:04d}.dcm" for i in range(30, 30 + n)]:
@@ -522,10 +530,10 @@ def _rewrite(files, **raw):
     ],
     ids=["iop-scaled", "iop-zero", "iop-skewed", "spacing-negative", "position-huge", "spacing-huge"],
 )
-def test_corrupt_geometry_tags_are_refused_not_read_onto_another_grid(shared_data, tmp_path, tags, expected):
+def test_corrupt_geometry_tags_are_refused_not_read_onto_another_grid(tmp_path, tags, expected):
     """Before: a scaled or skewed orientation or a negative spacing gave labels on a scaled, sheared or
     mirrored grid; a position of 1e300 mm gave a label file with an infinite origin."""
-    files = _ct_slices(shared_data, tmp_path)
+    files = _ct_slices(tmp_path)
     _rewrite(files, **tags)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no numpy overflow/NaN warnings on the way
@@ -533,9 +541,9 @@ def test_corrupt_geometry_tags_are_refused_not_read_onto_another_grid(shared_dat
     assert expected in message
 
 
-def test_rescale_beyond_float32_is_refused(shared_data, tmp_path):
+def test_rescale_beyond_float32_is_refused(tmp_path):
     """Before: RescaleIntercept 1e300 raised a bare OverflowError ("Python int too large")."""
-    files = _ct_slices(shared_data, tmp_path)
+    files = _ct_slices(tmp_path)
     _rewrite(files, RescaleIntercept="1e300")
     assert "RescaleIntercept 1e+300 give values beyond the float32 range" in _error(files[0].parent)
     _rewrite(files, RescaleIntercept="0", RescaleSlope="1e300")
@@ -552,18 +560,18 @@ def test_rescale_beyond_float32_is_refused(shared_data, tmp_path):
     ],
     ids=["slope-text", "slope-nan", "intercept-inf", "slope-zero"],
 )
-def test_unreadable_rescale_tags_are_refused_not_taken_as_1_and_0(shared_data, tmp_path, tags, expected):
+def test_unreadable_rescale_tags_are_refused_not_taken_as_1_and_0(tmp_path, tags, expected):
     """Before: a slope of NaN or 'abc' silently became 1.0 (intensities the scanner did not write)."""
-    files = _ct_slices(shared_data, tmp_path)
+    files = _ct_slices(tmp_path)
     _rewrite(files, **tags)
     assert expected in _error(files[0].parent)
 
 
-def test_empty_transfer_syntax_is_a_one_line_error(shared_data, tmp_path):
+def test_empty_transfer_syntax_is_a_one_line_error(tmp_path):
     """Before: an empty TransferSyntaxUID that pydicom cannot decode raised AttributeError ('str' has no 'name')."""
     from tests.io.fuzz_mutators import patch_transfer_syntax
 
-    files = _ct_slices(shared_data, tmp_path)
+    files = _ct_slices(tmp_path)
     for f in files:
         f.write_bytes(patch_transfer_syntax(f.read_bytes(), ""))
     message = _error(files[0].parent)
@@ -571,10 +579,10 @@ def test_empty_transfer_syntax_is_a_one_line_error(shared_data, tmp_path):
     assert "Compressed DICOM" not in message  # the decoder hint is for compressed data only
 
 
-def test_pydicom_warnings_about_malformed_elements_are_not_shown(shared_data, tmp_path):
+def test_pydicom_warnings_about_malformed_elements_are_not_shown(tmp_path):
     """Before: an over-long UID or a non-numeric IS printed pydicom's two-line UserWarnings beside
     medseg's own message."""
-    files = _ct_slices(shared_data, tmp_path)
+    files = _ct_slices(tmp_path)
     _rewrite(files[:1], SOPInstanceUID="1." * 33)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

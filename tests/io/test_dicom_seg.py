@@ -63,8 +63,9 @@ def _with_frame_of_reference(source: Path, target: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ct_folder(shared_data) -> Path:
-    return shared_data / "dicom" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
+def ct_folder(test_data) -> Path:
+    """dcmqi's real GE CT: 3 slices (4x downsampled to 128 x 128 in tests/data)."""
+    return test_data / "dicom" / "dcmqi" / "data" / "segmentations" / "ct-3slice"
 
 
 def test_seg_round_trip_on_real_ct_equals_labels(tmp_path, ct_folder):
@@ -99,8 +100,8 @@ def test_seg_round_trip_on_real_ct_equals_labels(tmp_path, ct_folder):
     np.testing.assert_array_equal(np.asanyarray(ours.dataobj), np.asanyarray(truth.dataobj))
 
 
-def test_seg_round_trip_on_enhanced_multiframe_source(tmp_path, shared_data):
-    source = shared_data / "dicom" / "dicom2nifti" / "tests_data" / "philips_enhanced" / "anatomical" / "001"
+def test_seg_round_trip_on_enhanced_multiframe_source(tmp_path, test_data):
+    source = test_data / "dicom" / "dicom2nifti" / "tests_data" / "philips_enhanced" / "anatomical" / "001"
     folder = _with_frame_of_reference(source, tmp_path / "src")
     volume = _read(folder)
     labels = _labels_for(volume.shape, seed=1)
@@ -109,15 +110,15 @@ def test_seg_round_trip_on_enhanced_multiframe_source(tmp_path, shared_data):
     np.testing.assert_array_equal(back.array, labels)
 
 
-def test_seg_of_tilted_series_lies_on_the_tilted_source_slices(tmp_path, shared_data):
-    source = shared_data / "dicom" / "dicom2nifti" / "tests_data" / "failing" / "gantrytilting" / "001"
+def test_seg_of_tilted_series_lies_on_the_tilted_source_slices(tmp_path, test_data):
+    source = test_data / "dicom" / "dicom2nifti" / "tests_data" / "failing" / "gantrytilting" / "001"
     volume = _read(_with_frame_of_reference(source, tmp_path / "src"))
     assert volume.meta["dicom"]["resampled"] == "gantry tilt"
     labels = _labels_for(volume.shape, seed=2)
     path = write_dicom_seg(labels, volume, tmp_path / "seg.dcm", LABELS)
     on_frames = seg_on_source_frames(path, volume)
     np.testing.assert_array_equal(on_frames, labels_on_source_frames(labels, volume))
-    assert on_frames.shape == (4, 512, 512)
+    assert on_frames.shape == (4, 512, 32)  # every row, 32 of the 512 columns in tests/data
     # independent check: label 1 sits at the same place in world space on the tilted slices
     frames = volume.meta["dicom"]["frames"]
     world = []
@@ -130,7 +131,7 @@ def test_seg_of_tilted_series_lies_on_the_tilted_source_slices(tmp_path, shared_
     np.testing.assert_allclose(centre_on_frames, centre_in_volume, atol=1.0)  # within ~2 voxels (0.42 mm)
 
 
-def test_seg_needs_a_dicom_source_and_a_frame_of_reference(tmp_path, ct_folder, shared_data):
+def test_seg_needs_a_dicom_source_and_a_frame_of_reference(tmp_path, ct_folder, test_data):
     volume = _read(ct_folder)
     labels = _labels_for(volume.shape)
     nifti_like = volume.with_array(volume.array)
@@ -139,7 +140,7 @@ def test_seg_needs_a_dicom_source_and_a_frame_of_reference(tmp_path, ct_folder, 
         write_dicom_seg(labels, nifti_like, tmp_path / "a.dcm", LABELS)
     with pytest.raises(MedsegError, match="have no name"):
         write_dicom_seg(labels, volume, tmp_path / "b.dcm", {1: ("liver", None)})
-    anonymised = _read(shared_data / "dicom" / "dicom2nifti" / "tests_data" / "hitachi" / "anatomical" / "001")
+    anonymised = _read(test_data / "dicom" / "dicom2nifti" / "tests_data" / "hitachi" / "anatomical" / "001")
     with pytest.raises(MedsegError, match="no FrameOfReferenceUID"):
         write_dicom_seg(_labels_for(anonymised.shape), anonymised, tmp_path / "c.dcm", LABELS)
     assert not list(tmp_path.iterdir())  # nothing left behind
@@ -230,10 +231,10 @@ def test_cli_infer_dicom_seg_only_and_refusal_for_nifti_input(tmp_path, ct_folde
     assert not (tmp_path / "scan_seg.dcm").exists() and not (tmp_path / "scan_seg.json").exists()
 
 
-def test_cli_series_lists_without_patient_identity(shared_data):
+def test_cli_series_lists_without_patient_identity(test_data):
     import pydicom
 
-    folder = shared_data / "dicom" / "dicom2nifti" / "tests_data" / "failing"
+    folder = test_data / "dicom" / "dicom2nifti" / "tests_data" / "failing"
     result = _run("series", folder)
     assert result.exit_code == 0, result.output
     assert "not a volume" in result.output and "gantry tilt 14.00 deg" in result.output
@@ -245,8 +246,8 @@ def test_cli_series_lists_without_patient_identity(shared_data):
     assert name in shown.output
 
 
-def test_cli_convert_warns_on_tilt_and_errors_in_one_line(tmp_path, shared_data):
-    base = shared_data / "dicom" / "dicom2nifti" / "tests_data" / "failing"
+def test_cli_convert_warns_on_tilt_and_errors_in_one_line(tmp_path, test_data):
+    base = test_data / "dicom" / "dicom2nifti" / "tests_data" / "failing"
     result = _run("convert", base / "gantrytilting", tmp_path / "t.nii.gz")
     assert result.exit_code == 0, result.output
     assert "medseg: warning:" in result.stderr and "gantry tilt" in result.stderr
@@ -257,7 +258,7 @@ def test_cli_convert_warns_on_tilt_and_errors_in_one_line(tmp_path, shared_data)
     assert "--resample-irregular" in bad.stderr and not (tmp_path / "s.nii.gz").exists()
     ok = _run("convert", base / "sliceincrement", tmp_path / "s.nii.gz", "--series", "2", "--resample-irregular")
     assert ok.exit_code == 0, ok.output
-    assert nib.load(str(tmp_path / "s.nii.gz")).shape == (512, 512, 5)
+    assert nib.load(str(tmp_path / "s.nii.gz")).shape == (128, 128, 5)  # cropped from 512 x 512 in tests/data
 
 
 def test_dicom_seg_from_an_anonymised_source_refuses_before_inference(tmp_path, ct_folder):

@@ -237,12 +237,12 @@ TALLY: dict[str, dict] = {}
 
 
 @pytest.fixture(scope="module")
-def fuzz_bases(shared_data, tmp_path_factory):
+def fuzz_bases(test_data, tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuzz-bases")
     return {
-        "nifti": fm.nifti_bases(shared_data),
-        "nrrd": fm.nrrd_bases(shared_data, folder),
-        "dicom": fm.dicom_bases(shared_data),
+        "nifti": fm.nifti_bases(test_data),
+        "nrrd": fm.nrrd_bases(test_data, folder),
+        "dicom": fm.dicom_bases(test_data),
     }
 
 

@@ -10,7 +10,7 @@ from tests.conftest import save_nifti
 REAL_NIFTI = [
     "nifti/nibabel/tests_data/anatomical.nii",  # big-endian int16, LAS, qform = sform = 2
     "nifti/nibabel/tests_data/example_nifti2.nii.gz",  # NIfTI-2
-    "nifti/nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",  # sform 2, qform 0
+    "nifti/nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",  # sform 2, qform 0 (a 48^3 block)
     "dicom/monai_testing_data/anatomical_label.nii.gz",  # qform only
     "dicom/monai_testing_data/reoriented_anat_moved.nii",  # big-endian float32, rotated
 ]
@@ -29,8 +29,8 @@ def _assert_same_geometry(out_path, src_path):
 
 
 @pytest.mark.parametrize("rel", REAL_NIFTI)
-def test_labels_written_on_real_files_keep_header_geometry(shared_data, tmp_path, rel):
-    src = shared_data / rel
+def test_labels_written_on_real_files_keep_header_geometry(test_data, tmp_path, rel):
+    src = test_data / rel
     vol = read_volume(src)
     if vol.array.ndim == 4:  # example_nifti2 is 4D; segmenting would refuse, writing a grid still works
         vol = vol.with_array(vol.array[..., 0])
@@ -44,8 +44,8 @@ def test_labels_written_on_real_files_keep_header_geometry(shared_data, tmp_path
     assert np.array_equal(np.asarray(img.dataobj).reshape(labels.shape), labels)
 
 
-def test_big_endian_input_reads_native(shared_data):
-    vol = read_volume(shared_data / "nifti/nibabel/tests_data/anatomical.nii")
+def test_big_endian_input_reads_native(test_data):
+    vol = read_volume(test_data / "nifti/nibabel/tests_data/anatomical.nii")
     assert vol.array.dtype.byteorder in ("=", "|")
     assert vol.axcodes == ("L", "A", "S")
 

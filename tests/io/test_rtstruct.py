@@ -53,12 +53,13 @@ def test_polygon_between_slices_is_skipped_and_unknown_roi_is_an_error():
     assert roi_names(_rtstruct([])) == ["GTV", "OTHER"]
 
 
-def test_real_body_contour(shared_data):
+def test_real_body_contour(test_data):
+    """dicompyler-core's planning CT slice and its structure set (cut to the contours on that slice in tests/data)."""
     import pydicom
 
     from medseg.io.rtstruct import dicom_slice_affine
 
-    d = shared_data / "ct" / "dicompyler_core"
+    d = test_data / "ct" / "dicompyler_core"
     ct = pydicom.dcmread(d / "ct.0.dcm")
     affine = dicom_slice_affine(ct, thickness=3.0)
     body = roi_mask(d / "rtss.dcm", "BODY", affine, (int(ct.Columns), int(ct.Rows), 1))

@@ -26,19 +26,19 @@ from tests.conftest import ROOT
 from tests.models.test_bundle import WHOLEBODY, WHOLEBODY_META, write_bundle
 
 
-def _clinical(shared_data, out, spacing, shape):
+def _clinical(out, spacing, shape):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         from _clinical_ct import clinical_ct
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    return clinical_ct(out, spacing, shape, shared_data / "ct" / "chestimagingplatform" / "TestInput.nrrd")
+    return clinical_ct(out, spacing, shape, ROOT / "sample_data" / "chest_ct.nii.gz")  # CIP's TestInput.nrrd
 
 
 @pytest.fixture(scope="module")
-def real_ct(shared_data, tmp_path_factory):
-    """The shared real chest CT at 1.5 x 1.5 x 2.5 mm on a 230 x 190 x 110 grid (air around it)."""
-    return _clinical(shared_data, tmp_path_factory.mktemp("ct") / "ct.nii.gz", (1.5, 1.5, 2.5), (230, 190, 110))
+def real_ct(tmp_path_factory):
+    """The sample real chest CT at 1.5 x 1.5 x 2.5 mm on a 230 x 190 x 110 grid (air around it)."""
+    return _clinical(tmp_path_factory.mktemp("ct") / "ct.nii.gz", (1.5, 1.5, 2.5), (230, 190, 110))
 
 
 def _dice_per_label(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
@@ -72,10 +72,10 @@ def test_bundle_labels_equal_the_bundles_own_pipeline_on_a_real_ct(tmp_path, rea
 
 
 @pytest.mark.slow
-def test_replicate_padding_of_a_scan_thinner_than_a_window(tmp_path, shared_data):
+def test_replicate_padding_of_a_scan_thinner_than_a_window(tmp_path):
     """The whole-body bundle pads small scans by replication: a 100 mm slab on a 3 mm grid is
     34 planes, thinner than the 64-plane window."""
-    ct = _clinical(shared_data, tmp_path / "thin.nii.gz", (1.5, 1.5, 2.5), (200, 170, 40))
+    ct = _clinical(tmp_path / "thin.nii.gz", (1.5, 1.5, 2.5), (200, 170, 40))
     spec = _with_inference(resolve_spec("phantom-unet3d"), padding_mode="replicate")
     bundle = write_bundle_from_spec(spec, tmp_path / "bundle", "labels")
     assert spec_from_bundle(bundle).inference.padding_mode == "replicate"

@@ -71,8 +71,8 @@ def test_plan_reports_the_algorithm_memory(tmp_path):
     assert doc["model"] == "ct-anatomy" and doc["predicted_bytes"]["host.algorithm"] > 0
 
 
-def test_a_leg_gets_empty_lungs_and_a_note(shared_data, tmp_path):
-    leg = shared_data / "ct" / "ibsi_validation" / "STS_025" / "CT" / "image"
+def test_a_leg_gets_empty_lungs_and_a_note(test_data, tmp_path):
+    leg = test_data / "ct" / "ibsi_validation" / "STS_025" / "CT" / "image"  # 8 of its 47 slices
     res = CliRunner().invoke(main, ["infer", str(leg), "-o", str(tmp_path / "leg_seg.nii.gz"), "-q"])
     assert res.exit_code == 0, res.output
     sidecar = json.loads((tmp_path / "leg_seg.json").read_text())
@@ -81,11 +81,11 @@ def test_a_leg_gets_empty_lungs_and_a_note(shared_data, tmp_path):
     assert any("lung" in note for note in sidecar["notes"])
 
 
-def test_dicom_seg_carries_snomed_codes(shared_data, tmp_path):
+def test_dicom_seg_carries_snomed_codes(tmp_path):
     pytest.importorskip("highdicom")
     import pydicom
 
-    series = shared_data / "ct" / "chestimagingplatform" / "ct-64Dicom"
+    series = ROOT / "sample_data" / "chest_ct_dicom"  # CIP's ct-64Dicom
     out = tmp_path / "ct64_seg.dcm"
     res = CliRunner().invoke(main, ["infer", str(series), "-o", str(out), "--format", "dicom-seg", "-q"])
     assert res.exit_code == 0, res.output

@@ -1,4 +1,4 @@
-"""`medseg prompt` end to end on a real chest CT (CIP ct-64, shared data): exact grid, named labels, errors."""
+"""`medseg prompt` end to end on a real chest CT (CIP ct-64, tests/data): exact grid, named labels, errors."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ LEFT_LUNG = "47,37,26"
 
 
 @pytest.fixture(scope="module")
-def chest(shared_data, tmp_path_factory):
+def chest(test_data, tmp_path_factory):
     """ct-64.nrrd as NIfTI (so qform/sform codes can be compared) and its CIP lung regions."""
     from medseg.io import read_volume, write_nifti
 
-    folder = shared_data / "ct" / "chestimagingplatform"
+    folder = test_data / "ct" / "chestimagingplatform"
     image = read_volume(folder / "ct-64.nrrd")
     path = tmp_path_factory.mktemp("chest") / "ct64.nii.gz"
     write_nifti(image, path)
@@ -120,13 +120,13 @@ def test_labels_needs_a_name(chest, tmp_path):
     assert result.exit_code == 2 and "--as" in result.output
 
 
-def test_from_labels_takes_the_model_component_under_the_click(chest, shared_data, tmp_path):
+def test_from_labels_takes_the_model_component_under_the_click(chest, test_data, tmp_path):
     from scipy import ndimage as ndi
 
     from medseg.io import read_volume
 
     image, _, _ = chest
-    seg_path = shared_data / "ct" / "chestimagingplatform" / "lm-64.nrrd"
+    seg_path = test_data / "ct" / "chestimagingplatform" / "lm-64.nrrd"
     out = tmp_path / "component.nii.gz"
     result = _run("prompt", image, "--voxel", RIGHT_LUNG, "--from-labels", seg_path, "-o", out)
     assert result.exit_code == 0, result.output

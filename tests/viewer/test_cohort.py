@@ -70,8 +70,8 @@ def test_a_batch_output_lists_its_cases_with_their_scans_and_labels(cohort_dir, 
     assert not is_cohort_folder(tmp_path / "in" / "case0.nii.gz")
 
 
-def test_a_folder_of_dicom_files_is_one_scan_not_a_cohort(shared_data):
-    folder = shared_data / "dicom" / "dicom2nifti" / "tests_data" / "hitachi" / "anatomical" / "001"
+def test_a_folder_of_dicom_files_is_one_scan_not_a_cohort(test_data):
+    folder = test_data / "dicom" / "dicom2nifti" / "tests_data" / "hitachi" / "anatomical" / "001"
     assert folder.is_dir() and not is_cohort_folder(folder)
 
 

@@ -105,14 +105,14 @@ def test_paint_save_reload_is_exact(plugin, tmp_path, axcodes, oblique):
         assert np.all(out_data[tuple(src.T)] == PAINT)
 
 
-def test_real_mr_round_trip_keeps_qform_sform_code_2(plugin, shared_data, tmp_path):
+def test_real_mr_round_trip_keeps_qform_sform_code_2(plugin, test_data, tmp_path):
     """A real MR (nibabel's anatomical.nii: LAS, big-endian int16, qform/sform code 2)."""
     import npe2
     from napari.components import ViewerModel
 
     from medseg.viewer.layers import empty_labels_like
 
-    path = shared_data / "nifti" / "nibabel" / "tests_data" / "anatomical.nii"
+    path = test_data / "nifti" / "nibabel" / "tests_data" / "anatomical.nii"
     (data, kwargs, kind) = _read(path)[0]
     assert kind == "image"
     low, high = kwargs["contrast_limits"]
@@ -129,7 +129,7 @@ def test_real_mr_round_trip_keeps_qform_sform_code_2(plugin, shared_data, tmp_pa
     assert int((np.asarray(saved.dataobj) == 2).sum()) == 4 * 5
 
 
-def test_dicom_folder_opens_and_labels_save_on_its_oblique_grid(plugin, shared_data, tmp_path):
+def test_dicom_folder_opens_and_labels_save_on_its_oblique_grid(plugin, test_data, tmp_path):
     """Hitachi double-oblique MR series (real DICOM): read through medseg's io, saved on its exact grid."""
     import npe2
     from napari.components import ViewerModel
@@ -137,7 +137,7 @@ def test_dicom_folder_opens_and_labels_save_on_its_oblique_grid(plugin, shared_d
     from medseg.io import read_volume
     from medseg.viewer.layers import empty_labels_like
 
-    folder = shared_data / "dicom" / "dicom2nifti" / "tests_data" / "hitachi" / "anatomical" / "001"
+    folder = test_data / "dicom" / "dicom2nifti" / "tests_data" / "hitachi" / "anatomical" / "001"
     reference = read_volume(folder)
     layers = _read(folder)
     assert len(layers) == 1

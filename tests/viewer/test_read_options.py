@@ -18,8 +18,8 @@ UIDS = (
 
 
 @pytest.fixture(scope="module")
-def two_series(shared_data):
-    return shared_data / "dicom" / "pydicom_testfiles" / "dicomdirtests"
+def two_series(test_data):
+    return test_data / "dicom" / "pydicom_testfiles" / "dicomdirtests"
 
 
 def test_read_volumes_gives_every_series_or_the_one_named(two_series):
