@@ -37,7 +37,7 @@ class WorldSide(Model):
     def prepare(self, volume):  # pragma: no cover - no model space
         raise NotImplementedError
 
-    def run_algorithm(self, volume, progress):
+    def run_algorithm(self, volume, progress, host_budget=None):
         self.shapes.append(volume.shape)
         ijk = np.indices(volume.shape).reshape(3, -1)
         x = (volume.affine[:3, :3] @ ijk + volume.affine[:3, 3:])[0].reshape(volume.shape)

@@ -38,11 +38,11 @@ class BrightVoxels(Model):
     def prepare(self, volume):
         raise ModelError("has no model space", self.name)
 
-    def run_algorithm(self, volume, progress):
+    def run_algorithm(self, volume, progress, host_budget=None):
         self.calls += 1
         return (np.asarray(volume.array) > self.threshold).astype(np.uint8)
 
-    def algorithm_bytes(self, volume):
+    def algorithm_bytes(self, volume, host_budget=None):
         return 2 * int(np.prod(volume.shape))
 
 
