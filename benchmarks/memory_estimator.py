@@ -32,6 +32,9 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.reference: the reference pipelines
 
 NETWORKS = {
     # the MONAI spleen bundle's UNet
@@ -97,11 +100,11 @@ def run_row(args: dict) -> dict:
     from medseg.inference.invert import SourceGridFinaliser
     from medseg.inference.plan import Plan
     from medseg.inference.preprocess import plan_grid
-    from medseg.inference.reference import profiled_peak_bytes
     from medseg.inference.tracing import NetworkMemory
     from medseg.models.networks import build_network
     from medseg.models.spec import spec_from_dict
     from medseg.volume import Volume
+    from tests.reference.monai_full_buffer import profiled_peak_bytes
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -25,6 +25,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.reference: the reference pipelines
+
 GiB = 1 << 30
 
 
@@ -86,8 +88,8 @@ def run_case(args: dict) -> dict:
     from medseg.inference.estimate import Workload
     from medseg.inference.pipeline import Segmenter
     from medseg.inference.plan_report import describe
-    from medseg.inference.reference import logits_to_source_labels, run_windows
     from medseg.io import read_volume
+    from tests.reference.monai_full_buffer import logits_to_source_labels, run_windows
 
     torch.set_num_threads(2)
     seg = Segmenter(args["model"], "cpu", host_memory=args.get("host_memory"), tune_allocator=True)

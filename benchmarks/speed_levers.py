@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))  # tests.reference: the reference pipelines
 
 
 def _configs():
@@ -50,11 +51,12 @@ def run(name: str, scan: Path, spec, repeats: int) -> None:
     import numpy as np
     import torch
 
-    from medseg.inference import engine, reference
+    from medseg.inference import engine
     from medseg.inference import invert as inv_module
     from medseg.inference.pipeline import Segmenter
     from medseg.io import read_volume
     from medseg.models.checkpoints import load_network
+    from tests.reference import monai_full_buffer as reference
 
     seg = Segmenter(spec, "cpu", tune_allocator=True)  # as `medseg infer` runs it
     model = seg.model

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-
+sys.path.insert(0, str(ROOT))  # tests.reference: the reference pipelines
 
 from _procstat import proc_status as _status  # noqa: E402  (benchmarks run as scripts from this folder)
 
@@ -110,8 +111,8 @@ def _load_side(side: str, spec):
     """What a side loads once (not timed): medseg's Segmenter, or MONAI's network; for a bundle
     folder (``spec`` a Path), the bundle's own pipeline instantiated by MONAI's ConfigParser."""
     from medseg.inference.pipeline import Segmenter
-    from medseg.models.bundle_reference import BundleReference
     from medseg.models.checkpoints import load_network
+    from tests.reference.bundle_pipeline import BundleReference
 
     if side == "medseg":
         return Segmenter(str(spec) if isinstance(spec, Path) else spec, "cpu", tune_allocator=True)
@@ -270,7 +271,7 @@ def main() -> None:
             # resampled to a clinical grid (458 x 379 x 224 at 0.8 x 0.8 x 1.5 mm)
             from _clinical_ct import clinical_ct
 
-            from medseg.models.bundle_reference import write_bundle_from_spec
+            from tests.reference.bundle_pipeline import write_bundle_from_spec
 
             ct = clinical_ct(Path(tmp) / "clinical.nii.gz", (0.8, 0.8, 1.5), (458, 379, 224))
             for post in ("probabilities", "labels"):

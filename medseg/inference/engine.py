@@ -7,7 +7,7 @@ argmax and inversion to the source grid, :class:`~medseg.inference.invert.Source
 peak memory no longer grows with depth x classes. Window positions, padding, Gaussian weights and
 the in-place arithmetic are MONAI's (:mod:`medseg.inference.windows`, ``compute_importance_map``);
 only the order in which up to eight overlapping windows are summed differs, i.e. float32 rounding
-(the reference it is tested against: :func:`medseg.inference.reference.run_windows`).
+(the reference it is tested against: :func:`tests.reference.monai_full_buffer.run_windows`).
 
 Invariants of the streaming loop (3D): windows are sorted by their start ``s`` on the slab axis;
 when a batch whose smallest start is ``m`` is about to be added, every plane ``< m`` is complete,

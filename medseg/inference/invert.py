@@ -5,7 +5,7 @@ every source voxel ``i`` (linear interpolation along each axis), takes the argma
 reorientation. :class:`SourceGridFinaliser` does it as planes arrive from the engine (slab
 streaming), :func:`source_labels` for a chunk of planes, interpolating only the voxels whose
 label the corners around them do not decide. The dense computation it equals is
-:func:`medseg.inference.reference.source_planes`.
+:func:`tests.reference.monai_full_buffer.source_planes`.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def source_labels(part: torch.Tensor, x_local: torch.Tensor, out_shape, inv, dty
     them has it too, so the voxel's label is ``c`` without interpolating any of the ``C`` classes.
     Only voxels of cells whose corners disagree, the borders between labels (about 6% of the voxels
     of the phantom cases), are interpolated: their corners are gathered and lerped in the same
-    order as :func:`~medseg.inference.reference.source_planes` (slab axis, first axis, second
+    order as :func:`~tests.reference.monai_full_buffer.source_planes` (slab axis, first axis, second
     axis). The labels equal the dense computation's except where float32 rounding of the dense path
     flips a near-tie that the corners decide (never seen in the tests, which compare the two).
     """
@@ -173,7 +173,7 @@ class Finaliser:
 
 class SourceGridFinaliser(Finaliser):
     """Streams logits on the model grid to labels on the source grid, as the dense
-    :func:`medseg.inference.reference.logits_to_source_labels` does.
+    :func:`tests.reference.monai_full_buffer.logits_to_source_labels` does.
 
     Each source plane ``j`` along the slab axis interpolates model planes ``floor(x)`` and
     ``floor(x) + 1`` with ``x = j * s / t``; it is emitted as soon as both have arrived. The

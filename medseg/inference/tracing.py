@@ -11,7 +11,7 @@ blocked layout (one extra output copy). On CUDA, cuDNN's workspace is bounded by
 size (GEMM-based algorithms) -- an upper bound, not measured here.
 
 The measured counterpart, for tests and benchmarks, is
-:func:`medseg.inference.reference.profiled_peak_bytes`.
+:func:`tests.reference.monai_full_buffer.profiled_peak_bytes`.
 """
 
 from __future__ import annotations

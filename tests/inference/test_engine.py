@@ -15,10 +15,10 @@ from medseg.inference.estimate import Workload, aggregation_planes
 from medseg.inference.invert import SourceGridFinaliser
 from medseg.inference.plan import Plan
 from medseg.inference.preprocess import plan_grid, preprocess_image
-from medseg.inference.reference import LogitsCollector, logits_to_source_labels, run_windows
 from medseg.inference.windows import window_starts
 from medseg.models.spec import spec_from_dict
 from medseg.volume import Volume
+from tests.reference.monai_full_buffer import LogitsCollector, logits_to_source_labels, run_windows
 
 
 def _unet(spatial_dims=3, out_channels=5, seed=0):

@@ -14,11 +14,11 @@ from medseg.inference.budget import GiB, MiB, parse_bytes
 from medseg.inference.estimate import Workload, estimate, full_buffer_bytes
 from medseg.inference.plan import Plan
 from medseg.inference.planner import plan_memory, relative_cost
-from medseg.inference.reference import profiled_peak_bytes
 from medseg.inference.tracing import NetworkMemory, conv_workspace_bytes, trace_activations
 from medseg.models.monai import MonaiModel, roi_divisor
 from medseg.models.networks import build_network
 from medseg.models.spec import spec_from_dict
+from tests.reference.monai_full_buffer import profiled_peak_bytes
 
 
 def test_parse_bytes():

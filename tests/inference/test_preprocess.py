@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.inference import invert, reference
+from medseg.inference import invert
 from medseg.inference.preprocess import plan_grid, preprocess_image, preprocess_labels, resample_axis
-from medseg.inference.reference import logits_to_source_labels
 from medseg.models.spec import spec_from_dict
 from medseg.phantom import make_phantom
 from medseg.volume import Volume
+from tests.reference import monai_full_buffer as reference
+from tests.reference.monai_full_buffer import logits_to_source_labels
 
 
 def _spec(spacing=(3.0, 3.0, 3.0), orientation="RAS"):

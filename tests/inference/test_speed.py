@@ -14,8 +14,8 @@ from medseg.inference import engine, host_memory
 from medseg.inference.engine import ConstantWindows, stream_windows
 from medseg.inference.invert import channel_argmax
 from medseg.inference.plan import Plan
-from medseg.inference.reference import LogitsCollector
 from medseg.inference.speed import fold_batchnorm, tune_windows
+from tests.reference.monai_full_buffer import LogitsCollector
 
 
 def _spleen_like(seed: int = 0) -> torch.nn.Module:

@@ -1,6 +1,6 @@
 """A MONAI bundle run by medseg gives the labels of the bundle's own MONAI pipeline.
 
-The reference is :class:`medseg.models.bundle_reference.BundleReference`: the bundle's config
+The reference is :class:`tests.reference.bundle_pipeline.BundleReference`: the bundle's config
 instantiated by MONAI's ConfigParser (preprocessing, inferer, postprocessing with ``Invertd``).
 The bundles are written here from the shipped phantom U-Net (trained weights, so the labels are
 not trivial) and run on a real chest CT resampled to a clinical-style grid.
@@ -20,10 +20,10 @@ from click.testing import CliRunner
 from medseg.cli import main
 from medseg.errors import ModelError
 from medseg.models.bundle import spec_from_bundle
-from medseg.models.bundle_reference import BundleReference, write_bundle_from_spec
 from medseg.models.registry import resolve_spec
 from tests.conftest import ROOT
 from tests.models.test_bundle import WHOLEBODY, WHOLEBODY_META, write_bundle
+from tests.reference.bundle_pipeline import BundleReference, write_bundle_from_spec
 
 
 def _clinical(out, spacing, shape):
