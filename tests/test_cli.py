@@ -202,3 +202,12 @@ def test_reader_options_decorator_folds_the_flags_into_one_read_options_kwarg():
     assert seen == [("x", ReadOptions(series="1.2.3#2", keep_tilt=True)), ("y", ReadOptions())]
     result = CliRunner().invoke(probe, ["z", "--series", " "])
     assert result.exit_code == 2 and "series must not be empty" in result.output
+
+
+def test_usage_errors_are_one_line_but_medseg_alone_shows_the_help():
+    bad = CliRunner().invoke(main, ["infer", "--no-such-option"])
+    assert bad.exit_code == 2 and bad.stderr.strip().splitlines() == [
+        "medseg: error: No such option '--no-such-option' (see 'medseg infer --help')"
+    ], bad.stderr
+    bare = CliRunner().invoke(main, [])
+    assert "Usage: medseg [OPTIONS] COMMAND" in bare.output and "medseg: error" not in bare.output

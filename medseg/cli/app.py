@@ -64,8 +64,11 @@ class _Group(click.Group):
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as err:  # `medseg` alone, or a group without a command: the help
+            err.show()
+            sys.exit(err.exit_code)
         except click.UsageError as err:
-            where = err.ctx.command_path if err.ctx is not None else "medseg"
+            where = " ".join(["medseg", *(err.ctx.command_path.split()[1:] if err.ctx is not None else [])])
             click.echo(f"medseg: error: {err.format_message().rstrip('.')} (see '{where} --help')", err=True)
             sys.exit(err.exit_code)
         except click.ClickException as err:
