@@ -210,4 +210,4 @@ def test_usage_errors_are_one_line_but_medseg_alone_shows_the_help():
         "medseg: error: No such option '--no-such-option' (see 'medseg infer --help')"
     ], bad.stderr
     bare = CliRunner().invoke(main, [])
-    assert "Usage: medseg [OPTIONS] COMMAND" in bare.output and "medseg: error" not in bare.output
+    assert "[OPTIONS] COMMAND [ARGS]" in bare.output and "medseg: error" not in bare.output
