@@ -31,7 +31,6 @@ GEOMETRY_CASES = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", list(GEOMETRY_CASES))
 def test_infer_on_real_nifti_keeps_exact_geometry(test_data, tmp_path, case):
     src = test_data / GEOMETRY_CASES[case]

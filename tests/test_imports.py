@@ -69,11 +69,14 @@ from medseg.forkserver import SERVER_MARKER, worker_context
 
 ctx = worker_context()
 print("parent", SERVER_MARKER in os.environ)
-pid = forkserver._forkserver._forkserver_pid
-with open(f"/proc/{pid}/environ", "rb") as fh:
-    print("server started with it", f"{SERVER_MARKER}=1".encode() in fh.read().split(b"\0"))
 with ctx.Pool(1) as pool:
-    print("worker", pool.apply(eval, (f"{SERVER_MARKER!r} in __import__('os').environ",)))
+    worker = pool.apply(eval, (f"{SERVER_MARKER!r} in __import__('os').environ",))
+    # read once a worker has come from the server: ensure_running returns before the server has exec'd, and
+    # until then /proc/PID/environ is the parent's (a race seen on a loaded machine)
+    pid = forkserver._forkserver._forkserver_pid
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        print("server started with it", f"{SERVER_MARKER}=1".encode() in fh.read().split(b"\0"))
+    print("worker", worker)
     print("worker preloaded", pool.apply(eval, ("'medseg.batch.server_exit' in __import__('sys').modules",)))
 sys.exit(3)
 """

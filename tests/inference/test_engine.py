@@ -39,7 +39,7 @@ CASES_3D = [
     ((10, 12, 9), (16, 16, 16), 2, 16, 0.5, "gaussian"),  # smaller than the roi on every axis (padded)
     ((33, 20, 70), (16, 24, 8), 4, 0, 0.25, "constant"),  # full buffer through the streaming loop
     # smallest slab, heavy overlap (slow)
-    pytest.param((33, 20, 70), (16, 16, 16), 1, 1, 0.6, "gaussian", marks=pytest.mark.slow),
+    ((33, 20, 70), (16, 16, 16), 1, 1, 0.6, "gaussian"),
     ((24, 40, 31), (16, 16, 12), 5, 20, 0.0, "gaussian"),  # no overlap, batches spanning slabs
     ((17, 18, 64), (16, 16, 32), 2, 32, 0.25, "gaussian"),  # one window across, deep roi
 ]
@@ -58,7 +58,6 @@ def test_streaming_logits_equal_monai_full_buffer(shape, roi, batch, slab, overl
     assert _agreement(got.argmax(0), ref.argmax(0)) >= 0.9999
 
 
-@pytest.mark.slow
 def test_streaming_buffer_never_exceeds_the_slab(monkeypatch):
     """Peak aggregation depth is what the plan says, not the volume's depth."""
     depths = []
@@ -136,7 +135,6 @@ def _streamed_labels(net, volume, spec, plan):
     return stream_windows(net, image, plan, finaliser, spec.network.spatial_dims)
 
 
-@pytest.mark.slow
 def test_real_ct_labels_agree_with_monai(test_data):
     """Real 512x512 CT slices (lungmask test data), resampled to a coarse grid and back."""
     from medseg.io import read_volume
@@ -171,7 +169,6 @@ def test_real_ct_series_through_the_pipeline(test_data, tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.slow
 def test_random_volumes_labels_agree_on_the_source_grid(seed):
     rng = np.random.default_rng(seed)
     shape = tuple(int(v) for v in rng.integers(9, 45, size=3))
@@ -208,7 +205,6 @@ class FailingNet(torch.nn.Module):
         MemoryError(),
     ],
 )
-@pytest.mark.slow
 def test_out_of_memory_mid_run_resumes_from_the_failed_slab(error):
     net = _unet()
     image = torch.randn(1, 30, 30, 90, generator=torch.Generator().manual_seed(5))
@@ -226,7 +222,6 @@ def test_out_of_memory_mid_run_resumes_from_the_failed_slab(error):
     assert 0 <= redone < n_windows // 2
 
 
-@pytest.mark.slow
 def test_out_of_memory_on_2d_chunk_resumes():
     net = _unet(spatial_dims=2, out_channels=3)
     image = torch.randn(1, 40, 33, 12)

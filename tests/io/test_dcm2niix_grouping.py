@@ -58,7 +58,6 @@ def converted(test_data, dcm2niix_bin, tmp_path_factory):
     return run
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", [case for case in SETS if case not in NOT_IN_TEST_DATA])
 def test_grouping_matches_dcm2niix(converted, case):
     result = compare(case, *converted(case))
@@ -70,7 +69,6 @@ def test_grouping_matches_dcm2niix(converted, case):
     assert not result.stale, f"{case}: DIFFERENCES rows that no longer apply: {result.stale}"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["blank", "missing"])
 @pytest.mark.parametrize("case", ANONYMISED_SETS)
 def test_anonymised_copies_group_as_the_originals(converted, case, how):
