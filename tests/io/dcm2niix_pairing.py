@@ -1,7 +1,7 @@
 """medseg's grouping of DICOM folders against dcm2niix itself: run both, pair their volumes, explain the rest.
 
 Used by ``tests/io/test_dcm2niix_grouping.py`` (on the cut-down sets of ``tests/data``) and by
-``benchmarks/dcm2niix_grouping.py`` (by hand, on every set of ``../shared/data``, the development set).
+``benchmarks/dcm2niix_grouping.py`` (by hand, on every set of the development data set).
 
 dcm2niix (the PyPI package's binary) converts a folder and medseg groups and reads the same folder. Every
 dcm2niix volume must have a medseg stack with the same shape (3D or 4D), the same world geometry (both brought
@@ -105,7 +105,7 @@ ANONYMISED_SETS = [
 
 
 def source(data: Path, case: str) -> Path:
-    """A set's folder under ``data`` (``tests/data`` or ``../shared/data``)."""
+    """A set's folder under ``data`` (``tests/data``, or the development data set for the benchmark)."""
     return data / case if case == "ct" else data / "dicom" / case
 
 

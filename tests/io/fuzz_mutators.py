@@ -3,7 +3,7 @@
 Base files are real scans from ``tests/data`` and ``sample_data``, cut down to about 32^3 and written back in
 their own format (nibabel for NIfTI, SimpleITK for NRRD, pydicom for DICOM) so every input runs fast. The crops
 are the same voxels as before those files were vendored into the repository cut down themselves (the offsets
-below are relative to the vendored blocks; see tests/data/vendor.py).
+below are relative to the vendored blocks; see scripts/vendor_test_data.py).
 Each fuzz input is one base with 1-3 mutations drawn from a ``numpy.random.Generator`` seeded
 with ``(seed, kind, index)``: any single input can be rebuilt from those three numbers.
 

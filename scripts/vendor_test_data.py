@@ -1,9 +1,10 @@
-"""Rebuild ``tests/data`` from ``../shared/data``: the files the tests read, cut down (see README.md here).
+"""Rebuild ``tests/data`` from the development data set (``data`` in the ``shared`` folder beside the checkout):
+the files the tests read, cut down (see tests/data/README.md). Not used by the tests themselves.
 
-Run by hand from the repository root, with ``../shared/data`` beside the checkout::
+Run by hand from the repository root::
 
-    python tests/data/vendor.py            # rewrite tests/data/{ct,dicom,nifti}, then check the cut references
-    python tests/data/vendor.py --check    # only re-cut the references from the cut series, and check them
+    python scripts/vendor_test_data.py            # rewrite tests/data/{ct,dicom,nifti}, then check the cut references
+    python scripts/vendor_test_data.py --check    # only re-cut the references from the cut series, and check them
 
 The checks re-derive every reference that was cut from the tool that made it: dicom2nifti (``pip install
 dicom2nifti``) on each cropped dicom2nifti case, and dcm2niix (the ``dcm2niix`` package of the test extra) on each
@@ -24,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = Path(__file__).resolve().parents[1]
+HERE = ROOT / "tests" / "data"
 SHARED = ROOT.parent / "shared" / "data"
 D2N = "dicom/dicom2nifti/tests_data"
 QA = "dicom/dcm2niix_qa"
