@@ -121,8 +121,9 @@ def check_precision(precision: str | None, device: str | None) -> None:
     """
     if (precision or "fp32").lower() != "bf16":
         return
-    if resolve_device(device) != "cpu":
-        return
+    name = (device or "auto").strip().lower()
+    if name.startswith("cuda") or (name == "auto" and resolve_device(name) != "cpu"):
+        return  # a CUDA run (its availability is --device's check, not this one's)
     problem = cpu_bf16_problem()
     if problem:
         raise MedsegError(f"--precision bf16: {problem}; use --precision fp32 (the default)")

@@ -114,8 +114,11 @@ _FOR = {
 def given_options(options: dict | None) -> dict:
     """The options actually given: the CLI passes every option, unset ones as None (the flag
     ``trust_checkpoint`` as False; ``tta=False`` is ``--no-tta``, given)."""
-    unset = {"trust_checkpoint": False}
-    return {k: v for k, v in (options or {}).items() if v is not None and v != [] and unset.get(k, None) is not v}
+    return {
+        k: v
+        for k, v in (options or {}).items()
+        if v is not None and v != [] and not (k == "trust_checkpoint" and v is False)
+    }
 
 
 def check_model_options(model: Model, options: dict | None = None, overlap: float | None = None) -> None:
